@@ -1,0 +1,47 @@
+"""normact: the PyTorch lab for normalization layers and activation functions.
+
+>>> import normact
+>>> layer = normact.create("dyt", 768)
+>>> normact.info("dyt").paper.arxiv
+'2503.10622'
+"""
+
+from normact import functional, layers
+from normact.layers import *  # noqa: F403  (the layer classes)
+from normact.layers import __all__ as _layer_names
+from normact.registry import (
+    KINDS,
+    LayerInfo,
+    LayerType,
+    Paper,
+    Param,
+    Properties,
+    UnknownLayerError,
+    create,
+    get_info,
+    info,
+    list_layers,
+    register,
+    resolve,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "KINDS",
+    "LayerInfo",
+    "LayerType",
+    "Paper",
+    "Param",
+    "Properties",
+    "UnknownLayerError",
+    "create",
+    "functional",
+    "get_info",
+    "info",
+    "layers",
+    "list_layers",
+    "register",
+    "resolve",
+    *_layer_names,
+]

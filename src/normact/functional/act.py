@@ -1,0 +1,109 @@
+"""Stateless activation math, as in ``torch.nn.functional``: learnable parameters are arguments.
+
+Every function takes a floating-point tensor (``TypeError`` otherwise) and returns a tensor of the same dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from normact._checks import check_channels, check_float, check_tensor, upcast
+
+__all__ = [
+    "geglu",
+    "gelu",
+    "golu",
+    "mish",
+    "relu",
+    "relu2",
+    "silu",
+    "swiglu",
+    "swish",
+]
+
+# exp(-exp(20)) == 0 exactly even in float64: clamping the Gompertz gate's input there changes no value,
+# and it turns the 0 * inf of the gate's derivative for very negative x into an exact 0.
+_GOMPERTZ_CLAMP = -20.0
+
+
+def relu(x: Tensor, inplace: bool = False) -> Tensor:
+    r""":math:`\mathrm{ReLU}(x) = \max(0, x)`."""
+    check_tensor(x, "relu")
+    return F.relu(x, inplace=inplace)
+
+
+def relu2(x: Tensor) -> Tensor:
+    r"""Squared ReLU: :math:`\mathrm{ReLU}(x)^2`."""
+    check_tensor(x, "relu2")
+    return torch.square(F.relu(x))
+
+
+def gelu(x: Tensor, approximate: str = "none") -> Tensor:
+    r"""GELU :math:`x\,\Phi(x)`; ``approximate="tanh"`` gives
+    :math:`\tfrac12 x (1 + \tanh(\sqrt{2/\pi}(x + 0.044715 x^3)))`."""
+    check_tensor(x, "gelu")
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+    return F.gelu(x, approximate=approximate)
+
+
+def silu(x: Tensor, inplace: bool = False) -> Tensor:
+    r"""SiLU (Swish-1): :math:`x\,\sigma(x)`."""
+    check_tensor(x, "silu")
+    return F.silu(x, inplace=inplace)
+
+
+def swish(x: Tensor, beta: Tensor | float = 1.0, channel_axis: int = -1) -> Tensor:
+    r"""Swish: :math:`x\,\sigma(\beta x)`. A tensor ``beta`` of shape ``(C,)`` applies per channel along
+    ``channel_axis``; a 0-d tensor or a float applies to all elements."""
+    check_tensor(x, "swish")
+    if isinstance(beta, Tensor) and beta.dim() > 0:
+        check_channels(x, channel_axis, beta.numel(), "swish", f"(..., C, ...) with C at dim {channel_axis}")
+        axis = channel_axis % x.dim()
+        beta = beta.reshape((-1,) + (1,) * (x.dim() - axis - 1))
+    elif not isinstance(beta, Tensor):
+        beta = check_float("beta", beta)
+    return x * torch.sigmoid(beta * x)
+
+
+def mish(x: Tensor, inplace: bool = False) -> Tensor:
+    r"""Mish: :math:`x \tanh(\mathrm{softplus}(x))`."""
+    check_tensor(x, "mish")
+    return F.mish(x, inplace=inplace)
+
+
+def golu(x: Tensor, alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0) -> Tensor:
+    r"""Gompertz Linear Unit: :math:`x \cdot \alpha \exp(-\beta \exp(-\gamma x))`; the gate with
+    :math:`\alpha=\beta=\gamma=1` is the standard Gumbel CDF. Computed in float32 for half inputs."""
+    check_tensor(x, "golu")
+    xf = upcast(x)
+    gate = alpha * torch.exp(-beta * torch.exp(-(gamma * xf).clamp_min(_GOMPERTZ_CLAMP)))
+    return (xf * gate).to(x.dtype)
+
+
+def _split(x: Tensor, dim: int, name: str) -> tuple[Tensor, Tensor]:
+    check_tensor(x, name)
+    if x.dim() == 0 or not -x.dim() <= dim < x.dim():
+        raise ValueError(f"{name} splits dim {dim}, but got an input of shape {tuple(x.shape)}")
+    if x.shape[dim] % 2:
+        raise ValueError(
+            f"{name} expects an even size at dim {dim} (gate and value halves), got shape {tuple(x.shape)}"
+        )
+    gate, value = x.chunk(2, dim=dim)
+    return gate, value
+
+
+def swiglu(x: Tensor, dim: int = -1) -> Tensor:
+    r"""SwiGLU: split ``x`` in halves :math:`(a, b)` along ``dim``; :math:`\mathrm{SiLU}(a) \odot b`."""
+    gate, value = _split(x, dim, "swiglu")
+    return F.silu(gate) * value
+
+
+def geglu(x: Tensor, dim: int = -1, approximate: str = "none") -> Tensor:
+    r"""GeGLU: split ``x`` in halves :math:`(a, b)` along ``dim``; :math:`\mathrm{GELU}(a) \odot b`."""
+    gate, value = _split(x, dim, "geglu")
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+    return F.gelu(gate, approximate=approximate) * value

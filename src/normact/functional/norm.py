@@ -1,0 +1,257 @@
+"""Stateless normalization math: parameters and buffers are arguments, as in ``torch.nn.functional``.
+
+Each function validates its input (floating dtype, shape against the parameters) and raises a
+``ValueError``/``TypeError`` naming the expected shape. Reductions of float16/bfloat16 inputs run in
+float32 so that squares of large inputs (|x| ~ 1e4) do not overflow; the result has the input's dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from normact._checks import (
+    check_channels,
+    check_eps,
+    check_int,
+    check_tensor,
+    check_trailing,
+    normalize_shape,
+    upcast,
+)
+
+__all__ = [
+    "batch_norm",
+    "dyt",
+    "group_norm",
+    "instance_norm",
+    "layer_norm",
+    "rms_norm",
+    "rms_norm_paper",
+    "scale_norm",
+]
+
+
+def _last_dims(k: int) -> tuple[int, ...]:
+    return tuple(range(-k, 0))
+
+
+def layer_norm(
+    x: Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    r"""Layer normalization over the last ``len(normalized_shape)`` dims:
+    :math:`y = (x - \mu)/\sqrt{\sigma^2 + \epsilon}\,\gamma + \beta` (biased variance)."""
+    shape = normalize_shape(normalized_shape)
+    check_tensor(x, "layer_norm")
+    check_trailing(x, shape, "layer_norm")
+    check_eps(eps)
+    return F.layer_norm(x, shape, weight, bias, eps)
+
+
+def rms_norm(
+    x: Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: Tensor | None = None,
+    eps: float | None = None,
+) -> Tensor:
+    r"""RMSNorm with torch's semantics: :math:`y = x / \sqrt{\mathrm{mean}(x^2) + \epsilon}\,\gamma`.
+
+    ``eps=None`` uses ``torch.finfo(x.dtype).eps`` of the computation type (float32 for float16/bfloat16 input).
+    """
+    shape = normalize_shape(normalized_shape)
+    check_tensor(x, "rms_norm")
+    check_trailing(x, shape, "rms_norm")
+    check_eps(eps, allow_none=True)
+    xf = upcast(x)
+    if eps is None:
+        eps = torch.finfo(xf.dtype).eps
+    dims = _last_dims(len(shape))
+    y = xf * torch.rsqrt(xf.square().mean(dims, keepdim=True) + eps)
+    if weight is not None:
+        y = y * weight
+    return y.to(x.dtype)
+
+
+def rms_norm_paper(
+    x: Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-8,
+) -> Tensor:
+    r"""RMSNorm as in Zhang & Sennrich's code: :math:`y = x / (\mathrm{RMS}(x) + \epsilon)\,g + b`,
+    :math:`\mathrm{RMS}(x) = \lVert x\rVert_2/\sqrt{d}` (``eps`` outside the root)."""
+    shape = normalize_shape(normalized_shape)
+    check_tensor(x, "rms_norm_paper")
+    check_trailing(x, shape, "rms_norm_paper")
+    check_eps(eps)
+    xf = upcast(x)
+    dims = _last_dims(len(shape))
+    d = math.prod(shape)
+    rms = torch.linalg.vector_norm(xf, ord=2, dim=dims, keepdim=True) * (d**-0.5)
+    y = xf / (rms + eps)
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y.to(x.dtype)
+
+
+def scale_norm(
+    x: Tensor,
+    normalized_shape: int | Sequence[int],
+    scale: Tensor | float,
+    eps: float = 1e-5,
+) -> Tensor:
+    r"""ScaleNorm: :math:`y = g \cdot x / \max(\lVert x\rVert_2, \epsilon)` over the last dims, one scalar ``g``."""
+    shape = normalize_shape(normalized_shape)
+    check_tensor(x, "scale_norm")
+    check_trailing(x, shape, "scale_norm")
+    check_eps(eps)
+    xf = upcast(x)
+    norm = torch.linalg.vector_norm(xf, ord=2, dim=_last_dims(len(shape)), keepdim=True)
+    y = xf / norm.clamp_min(eps) * scale
+    return y.to(x.dtype)
+
+
+def dyt(
+    x: Tensor,
+    alpha: Tensor | float,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    channels_last: bool = True,
+) -> Tensor:
+    r"""Dynamic Tanh: :math:`y = \gamma \odot \tanh(\alpha x) + \beta`, ``weight``/``bias`` on the last dim
+    (``channels_last=True``) or on dim 1 (``channels_last=False``, NC... layouts)."""
+    check_tensor(x, "dyt")
+    y = torch.tanh(alpha * x)
+    if weight is None and bias is None:
+        return y
+    ref = weight if weight is not None else bias
+    assert ref is not None
+    if channels_last:
+        check_trailing(x, ref.shape, "dyt")
+    else:
+        check_channels(x, 1, ref.numel(), "dyt", "(N, C, *)")
+        view = (-1,) + (1,) * (x.dim() - 2)
+        weight = weight.view(view) if weight is not None else None
+        bias = bias.view(view) if bias is not None else None
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+def batch_norm(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    r"""Batch normalization over dim 1 of an ``(N, C, *)`` input:
+    :math:`y = (x - \mathrm{E}[x])/\sqrt{\mathrm{Var}[x] + \epsilon}\,\gamma + \beta`, statistics over
+    ``N`` and the spatial dims in training (running statistics updated in place with ``momentum``),
+    the running statistics in evaluation."""
+    check_tensor(x, "batch_norm")
+    if x.dim() < 2:
+        raise ValueError(f"batch_norm expects an input of shape (N, C, *), got shape {tuple(x.shape)}")
+    check_eps(eps)
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+                    ("bias", bias)):
+        if t is not None:
+            check_channels(x, 1, t.numel(), "batch_norm", f"(N, C, *) with C = {name}.numel()")
+    if training:
+        per_channel = x.numel() // x.shape[1] if x.shape[1] else 0
+        if per_channel <= 1:
+            raise ValueError(
+                f"batch_norm in training needs more than 1 value per channel, got input shape {tuple(x.shape)}"
+            )
+    if x.dtype in (torch.float16, torch.bfloat16):
+        # Normalize in float32: statistics of large half-precision inputs overflow otherwise.
+        mean32, var32 = _f32(running_mean), _f32(running_var)
+        y = F.batch_norm(x.float(), mean32, var32, _f32(weight), _f32(bias), training, momentum, eps)
+        _write_back(running_mean, mean32, training)
+        _write_back(running_var, var32, training)
+        return y.to(x.dtype)
+    return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
+def _f32(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.float()
+
+
+def _write_back(buffer: Tensor | None, updated: Tensor | None, training: bool) -> None:
+    """Copy running statistics updated in a float32 copy back into a low-precision buffer."""
+    if training and buffer is not None and updated is not None and updated is not buffer:
+        with torch.no_grad():
+            buffer.copy_(updated)
+
+
+def group_norm(
+    x: Tensor,
+    num_groups: int,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    r"""Group normalization of an ``(N, C, *)`` input: channels split into ``num_groups`` groups,
+    each normalized by its own mean and biased variance over its channels and spatial dims."""
+    check_tensor(x, "group_norm")
+    num_groups = check_int("num_groups", num_groups)
+    check_eps(eps)
+    if x.dim() < 2:
+        raise ValueError(f"group_norm expects an input of shape (N, C, *), got shape {tuple(x.shape)}")
+    if x.shape[1] % num_groups:
+        raise ValueError(
+            f"group_norm expects C divisible by num_groups={num_groups}, got input shape {tuple(x.shape)}"
+        )
+    for t in (weight, bias):
+        if t is not None:
+            check_channels(x, 1, t.numel(), "group_norm", "(N, C, *)")
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return F.group_norm(x.float(), num_groups, _f32(weight), _f32(bias), eps).to(x.dtype)
+    return F.group_norm(x, num_groups, weight, bias, eps)
+
+
+def instance_norm(
+    x: Tensor,
+    running_mean: Tensor | None = None,
+    running_var: Tensor | None = None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    use_input_stats: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
+    r"""Instance normalization: each (sample, channel) of an ``(N, C, *)`` input normalized over its spatial dims."""
+    check_tensor(x, "instance_norm")
+    check_eps(eps)
+    if x.dim() < 3:
+        raise ValueError(f"instance_norm expects an input of shape (N, C, L, ...), got shape {tuple(x.shape)}")
+    for t in (running_mean, running_var, weight, bias):
+        if t is not None:
+            check_channels(x, 1, t.numel(), "instance_norm", "(N, C, *)")
+    if use_input_stats and math.prod(x.shape[2:]) <= 1:
+        raise ValueError(
+            f"instance_norm needs more than 1 spatial value per channel, got input shape {tuple(x.shape)}"
+        )
+    if x.dtype in (torch.float16, torch.bfloat16):
+        mean32, var32 = _f32(running_mean), _f32(running_var)
+        y = F.instance_norm(x.float(), mean32, var32, _f32(weight), _f32(bias), use_input_stats, momentum, eps)
+        _write_back(running_mean, mean32, use_input_stats)
+        _write_back(running_var, var32, use_input_stats)
+        return y.to(x.dtype)
+    return F.instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)

@@ -1,0 +1,218 @@
+"""Self-gated activations f(x) = x * g(x): GELU, SiLU, Swish, Mish and GoLU."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from normact import functional as NF
+from normact._checks import check_float, check_int
+from normact.layers import papers
+from normact.registry import Param, register
+
+__all__ = ["GELU", "GoLU", "Mish", "SiLU", "Swish"]
+
+
+@register(
+    "gelu",
+    kind="act",
+    paper=papers.GELU,
+    formula="f(x) = x * Phi(x) = 0.5 x (1 + erf(x / sqrt(2)))",
+    functional=NF.gelu,
+)
+@register(
+    "gelu_tanh",
+    kind="act",
+    paper=papers.GELU,
+    formula="f(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))",
+    functional=NF.gelu,
+    defaults={"approximate": "tanh"},
+)
+class GELU(nn.Module):
+    r"""Gaussian error linear unit (Hendrycks & Gimpel, 2016, arXiv:1606.08415).
+
+    .. math::
+        f(x) = x\,\Phi(x) = \tfrac12 x \left(1 + \mathrm{erf}(x/\sqrt2)\right)
+
+    ``approximate="tanh"`` (registered as ``gelu_tanh``) uses
+    :math:`\tfrac12 x (1 + \tanh(\sqrt{2/\pi}(x + 0.044715 x^3)))`.
+
+    Args:
+        approximate: ``"none"`` (exact) or ``"tanh"``. Default: ``"none"``.
+    """
+
+    __constants__ = ["approximate"]
+
+    def __init__(self, approximate: str = "none") -> None:
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x: Tensor) -> Tensor:
+        return NF.gelu(x, self.approximate)
+
+    def extra_repr(self) -> str:
+        return f"approximate={self.approximate!r}"
+
+
+@register(
+    "silu",
+    kind="act",
+    paper=papers.SILU,
+    formula="f(x) = x * sigmoid(x)",
+    functional=NF.silu,
+    aliases=("swish1",),
+)
+class SiLU(nn.Module):
+    r"""Sigmoid-weighted linear unit, Swish-1 (Elfwing, Uchibe & Doya, 2017, arXiv:1702.03118).
+
+    .. math::
+        f(x) = x\,\sigma(x)
+
+    Args:
+        inplace: overwrite the input. Default: False.
+    """
+
+    __constants__ = ["inplace"]
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = bool(inplace)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return NF.silu(x, self.inplace)
+
+    def extra_repr(self) -> str:
+        return f"inplace={self.inplace}" if self.inplace else ""
+
+
+@register(
+    "swish",
+    kind="act",
+    paper=papers.SWISH,
+    formula="f(x) = x * sigmoid(beta * x), beta learnable (a scalar, or one per channel)",
+    functional=NF.swish,
+    params=(Param("beta", "() or (dim,)", "beta_init = 1"),),
+)
+class Swish(nn.Module):
+    r"""Swish with a learnable :math:`\beta` (Ramachandran, Zoph & Le, 2017, arXiv:1710.05941).
+
+    .. math::
+        f(x) = x\,\sigma(\beta x)
+
+    :math:`\beta = 1` is SiLU, :math:`\beta = 0` gives :math:`x/2` and :math:`\beta \to \infty` tends to ReLU.
+
+    Args:
+        dim: number of channels for a per-channel :math:`\beta` along ``channel_axis``; None for one scalar.
+            Default: None.
+        beta_init: initial :math:`\beta`. Default: 1.0.
+        learnable: learn :math:`\beta` (otherwise it is a fixed buffer). Default: True.
+        channel_axis: the channel dimension of the input when ``dim`` is given (-1 for ``(*, C)``,
+            1 for ``(N, C, *)``). Default: -1.
+    """
+
+    __constants__ = ["dim", "learnable", "channel_axis"]
+
+    def __init__(
+        self,
+        dim: int | None = None,
+        beta_init: float = 1.0,
+        learnable: bool = True,
+        channel_axis: int = -1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.dim = None if dim is None else check_int("dim", dim)
+        self.beta_init = check_float("beta_init", beta_init)
+        self.learnable = bool(learnable)
+        self.channel_axis = check_int("channel_axis", channel_axis, minimum=-(2**31))
+        shape = () if self.dim is None else (self.dim,)
+        beta = torch.empty(shape, device=device, dtype=dtype)
+        if self.learnable:
+            self.beta = nn.Parameter(beta)
+        else:
+            self.register_buffer("beta", beta)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """beta = beta_init."""
+        with torch.no_grad():
+            self.beta.fill_(self.beta_init)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return NF.swish(x, self.beta, self.channel_axis)
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, beta_init={self.beta_init}, learnable={self.learnable}, "
+            f"channel_axis={self.channel_axis}"
+        )
+
+
+@register(
+    "mish",
+    kind="act",
+    paper=papers.MISH,
+    formula="f(x) = x * tanh(softplus(x)) = x * tanh(ln(1 + e^x))",
+    functional=NF.mish,
+)
+class Mish(nn.Module):
+    r"""Mish (Misra, 2019, arXiv:1908.08681).
+
+    .. math::
+        f(x) = x \tanh(\mathrm{softplus}(x)) = x \tanh(\ln(1 + e^x))
+
+    Args:
+        inplace: overwrite the input. Default: False.
+    """
+
+    __constants__ = ["inplace"]
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = bool(inplace)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return NF.mish(x, self.inplace)
+
+    def extra_repr(self) -> str:
+        return f"inplace={self.inplace}" if self.inplace else ""
+
+
+@register(
+    "golu",
+    kind="act",
+    paper=papers.GOLU,
+    formula="f(x) = x * alpha * exp(-beta * exp(-gamma * x)); alpha = beta = gamma = 1: x * GumbelCDF(x)",
+    functional=NF.golu,
+)
+class GoLU(nn.Module):
+    r"""Gompertz linear unit (Das, Safari, Adriaensen & Hutter, 2025, arXiv:2502.03654).
+
+    .. math::
+        f(x) = x \cdot \alpha \exp(-\beta \exp(-\gamma x))
+
+    With :math:`\alpha = \beta = \gamma = 1` (the paper's GoLU) the gate is the CDF of the standard Gumbel
+    distribution, :math:`f(x) = x e^{-e^{-x}}`; the official code exposes the three constants as
+    non-learnable floats, as here. The gate's argument is clamped at -20 where it is exactly 0 in every
+    float type, so that the derivative stays finite for very negative inputs.
+
+    Args:
+        alpha, beta, gamma: the Gompertz constants (> 0). Default: 1.0 each.
+    """
+
+    __constants__ = ["alpha", "beta", "gamma"]
+
+    def __init__(self, alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0) -> None:
+        super().__init__()
+        self.alpha = check_float("alpha", alpha, positive=True)
+        self.beta = check_float("beta", beta, positive=True)
+        self.gamma = check_float("gamma", gamma, positive=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return NF.golu(x, self.alpha, self.beta, self.gamma)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, beta={self.beta}, gamma={self.gamma}"

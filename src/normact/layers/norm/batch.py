@@ -1,0 +1,167 @@
+"""Batch normalization over the batch and spatial dims, with running statistics (Ioffe & Szegedy, 2015)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from normact import functional as NF
+from normact._checks import check_channels, check_eps, check_int, check_momentum, check_rank, check_tensor
+from normact.layers import papers
+from normact.registry import Param, register
+
+__all__ = ["BatchNorm1d", "BatchNorm2d"]
+
+_BN_PARAMS = (
+    Param("weight", "(C,)", "1"),
+    Param("bias", "(C,)", "0"),
+    Param("running_mean", "(C,)", "0", buffer=True),
+    Param("running_var", "(C,)", "1", buffer=True),
+    Param("num_batches_tracked", "()", "0", buffer=True),
+)
+_BN_FORMULA = (
+    "y = (x - E[x]) / sqrt(Var[x] + eps) * weight + bias; E, Var over (N, *spatial) per channel in training "
+    "(running averages updated with momentum, unbiased variance), running statistics in eval"
+)
+
+
+class _BatchNorm(nn.Module):
+    """Shared body of BatchNorm1d/2d: torch.nn.BatchNorm semantics and state-dict keys."""
+
+    __constants__ = ["num_features", "eps", "momentum", "affine", "track_running_stats"]
+    _ranks: tuple[int, ...] = ()
+    _layout = ""
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory_kwargs = {"device": device, "dtype": dtype}
+        self.num_features = check_int("num_features", num_features)
+        self.eps = check_eps(eps)
+        self.momentum = check_momentum(momentum)
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        if self.affine:
+            self.weight = nn.Parameter(torch.empty(self.num_features, **factory_kwargs))
+            self.bias = nn.Parameter(torch.empty(self.num_features, **factory_kwargs))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if self.track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(self.num_features, **factory_kwargs))
+            self.register_buffer("running_var", torch.ones(self.num_features, **factory_kwargs))
+            self.register_buffer(
+                "num_batches_tracked",
+                torch.tensor(0, dtype=torch.long, device=device),
+            )
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+        self.reset_parameters()
+
+    def reset_running_stats(self) -> None:
+        """running_mean = 0, running_var = 1, num_batches_tracked = 0."""
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1)
+            self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        """Running statistics reset; weight = 1, bias = 0."""
+        self.reset_running_stats()
+        if self.affine:
+            nn.init.ones_(self.weight)
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        name = type(self).__name__
+        check_tensor(x, name)
+        check_rank(x, self._ranks, name, self._layout.format(C=self.num_features))
+        check_channels(x, 1, self.num_features, name, self._layout.format(C=self.num_features))
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average
+                factor = 1.0 / float(self.num_batches_tracked)
+        use_batch_stats = self.training or not self.track_running_stats
+        return NF.batch_norm(
+            x,
+            self.running_mean if not self.training or self.track_running_stats else None,
+            self.running_var if not self.training or self.track_running_stats else None,
+            self.weight,
+            self.bias,
+            use_batch_stats,
+            factor,
+            self.eps,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+            f"track_running_stats={self.track_running_stats}"
+        )
+
+
+_BN_DOC = r"""Batch normalization (Ioffe & Szegedy, 2015, arXiv:1502.03167) of {layout} inputs.
+
+    .. math::
+        y = \frac{{x - \mathrm{{E}}[x]}}{{\sqrt{{\mathrm{{Var}}[x] + \epsilon}}}} \odot \gamma + \beta
+
+    In training, mean and biased variance per channel over the batch{spatial}; the running averages
+    are updated as ``r = (1 - momentum) r + momentum s`` with the unbiased variance (``momentum=None``:
+    cumulative average). In evaluation the running statistics are used. Same semantics and state-dict keys
+    as ``torch.nn.{torch_name}``; float16/bfloat16 inputs are normalized in float32.
+
+    Args:
+        num_features: the channel count C.
+        eps: added to the variance inside the square root. Default: 1e-5.
+        momentum: running-average factor in [0, 1], or None for a cumulative average. Default: 0.1.
+        affine: learn ``weight`` (init 1) and ``bias`` (init 0). Default: True.
+        track_running_stats: keep running statistics; if False, batch statistics are used in eval too.
+
+    Shape:
+        Input {layout}; output the same shape.
+    """
+
+
+@register(
+    "batchnorm1d",
+    kind="norm",
+    paper=papers.BATCH_NORM,
+    formula=_BN_FORMULA,
+    functional=NF.batch_norm,
+    params=_BN_PARAMS,
+    batch_dependent=True,
+    stateful=True,
+    aliases=("bn1d",),
+)
+class BatchNorm1d(_BatchNorm):
+    __doc__ = _BN_DOC.format(layout="(N, C) or (N, C, L)", spatial=" (and L)", torch_name="BatchNorm1d")
+    _ranks = (2, 3)
+    _layout = "(N, {C}) or (N, {C}, L)"
+
+
+@register(
+    "batchnorm2d",
+    kind="norm",
+    paper=papers.BATCH_NORM,
+    formula=_BN_FORMULA,
+    functional=NF.batch_norm,
+    params=_BN_PARAMS,
+    batch_dependent=True,
+    stateful=True,
+    aliases=("bn2d", "batchnorm"),
+)
+class BatchNorm2d(_BatchNorm):
+    __doc__ = _BN_DOC.format(layout="(N, C, H, W)", spatial=" and H, W", torch_name="BatchNorm2d")
+    _ranks = (4,)
+    _layout = "(N, {C}, H, W)"

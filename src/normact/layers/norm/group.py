@@ -1,0 +1,193 @@
+"""Group and instance normalization: per-sample statistics over channel groups and spatial dims."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from normact import functional as NF
+from normact._checks import check_channels, check_eps, check_int, check_momentum, check_rank, check_tensor
+from normact.layers import papers
+from normact.registry import Param, register
+
+__all__ = ["GroupNorm", "InstanceNorm2d"]
+
+
+@register(
+    "groupnorm",
+    kind="norm",
+    paper=papers.GROUP_NORM,
+    formula="y = (x - E_g[x]) / sqrt(Var_g[x] + eps) * weight + bias; E_g, Var_g per sample over the "
+    "C/G channels of a group and the spatial dims",
+    functional=NF.group_norm,
+    params=(Param("weight", "(C,)", "1"), Param("bias", "(C,)", "0")),
+    aliases=("gn",),
+)
+class GroupNorm(nn.Module):
+    r"""Group normalization (Wu & He, 2018, arXiv:1803.08494).
+
+    .. math::
+        y = \frac{x - \mathrm{E}_g[x]}{\sqrt{\mathrm{Var}_g[x] + \epsilon}} \odot \gamma + \beta
+
+    The C channels are split into ``num_groups`` groups of C/G consecutive channels; mean and biased
+    variance are taken per sample over a group's channels and all spatial positions. Unlike
+    ``torch.nn.GroupNorm(num_groups, num_channels)`` the **channel count comes first** (timm's convention,
+    so that every norm is built as ``create(name, C)``); parameters and state-dict keys are torch's.
+
+    Args:
+        num_channels: the channel count C.
+        num_groups: number of groups G, dividing C. Default: 32.
+        eps: added to the variance inside the square root. Default: 1e-5.
+        affine: learn per-channel ``weight`` (init 1) and ``bias`` (init 0). Default: True.
+
+    Shape:
+        Input ``(N, C, *)``; output the same shape.
+    """
+
+    __constants__ = ["num_groups", "num_channels", "eps", "affine"]
+
+    def __init__(
+        self,
+        num_channels: int,
+        num_groups: int = 32,
+        eps: float = 1e-5,
+        affine: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory_kwargs = {"device": device, "dtype": dtype}
+        self.num_channels = check_int("num_channels", num_channels)
+        self.num_groups = check_int("num_groups", num_groups)
+        if self.num_channels % self.num_groups:
+            raise ValueError(
+                f"num_channels={self.num_channels} must be divisible by num_groups={self.num_groups}"
+            )
+        self.eps = check_eps(eps)
+        self.affine = bool(affine)
+        if self.affine:
+            self.weight = nn.Parameter(torch.empty(self.num_channels, **factory_kwargs))
+            self.bias = nn.Parameter(torch.empty(self.num_channels, **factory_kwargs))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """weight = 1, bias = 0."""
+        if self.affine:
+            nn.init.ones_(self.weight)
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_tensor(x, "GroupNorm")
+        layout = f"(N, {self.num_channels}, *)"
+        if x.dim() < 2:
+            raise ValueError(f"GroupNorm expects an input of shape {layout}, got shape {tuple(x.shape)}")
+        check_channels(x, 1, self.num_channels, "GroupNorm", layout)
+        return NF.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}, num_groups={self.num_groups}, eps={self.eps}, affine={self.affine}"
+
+
+@register(
+    "instancenorm2d",
+    kind="norm",
+    paper=papers.INSTANCE_NORM,
+    formula="y = (x - E[x]) / sqrt(Var[x] + eps) * weight + bias; E, Var per sample and channel over (H, W)",
+    functional=NF.instance_norm,
+    params=(
+        Param("weight", "(C,)", "1 (affine=True only)"),
+        Param("bias", "(C,)", "0 (affine=True only)"),
+        Param("running_mean", "(C,)", "0 (track_running_stats=True only)", buffer=True),
+        Param("running_var", "(C,)", "1 (track_running_stats=True only)", buffer=True),
+    ),
+    aliases=("in2d",),
+)
+class InstanceNorm2d(nn.Module):
+    r"""Instance normalization (Ulyanov, Vedaldi & Lempitsky, 2016, arXiv:1607.08022) of ``(N, C, H, W)`` input.
+
+    .. math::
+        y = \frac{x - \mathrm{E}_{hw}[x]}{\sqrt{\mathrm{Var}_{hw}[x] + \epsilon}} \odot \gamma + \beta
+
+    mean and biased variance per sample and channel over H and W. Same semantics, defaults and
+    state-dict keys as ``torch.nn.InstanceNorm2d`` (no affine and no running statistics by default).
+
+    Args:
+        num_features: the channel count C.
+        eps: added to the variance inside the square root. Default: 1e-5.
+        momentum: running-average factor when ``track_running_stats``. Default: 0.1.
+        affine: learn per-channel ``weight`` (init 1) and ``bias`` (init 0). Default: False.
+        track_running_stats: keep running statistics and use them in eval. Default: False.
+
+    Shape:
+        Input ``(N, C, H, W)``; output the same shape.
+    """
+
+    __constants__ = ["num_features", "eps", "momentum", "affine", "track_running_stats"]
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        affine: bool = False,
+        track_running_stats: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory_kwargs = {"device": device, "dtype": dtype}
+        self.num_features = check_int("num_features", num_features)
+        self.eps = check_eps(eps)
+        momentum = check_momentum(momentum)
+        if momentum is None:
+            raise ValueError("InstanceNorm2d needs a momentum in [0, 1], got None")
+        self.momentum = momentum
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        if self.affine:
+            self.weight = nn.Parameter(torch.empty(self.num_features, **factory_kwargs))
+            self.bias = nn.Parameter(torch.empty(self.num_features, **factory_kwargs))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if self.track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(self.num_features, **factory_kwargs))
+            self.register_buffer("running_var", torch.ones(self.num_features, **factory_kwargs))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """weight = 1, bias = 0; running_mean = 0, running_var = 1."""
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1)
+        if self.affine:
+            nn.init.ones_(self.weight)
+            nn.init.zeros_(self.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_tensor(x, "InstanceNorm2d")
+        layout = f"(N, {self.num_features}, H, W)"
+        check_rank(x, (4,), "InstanceNorm2d", layout)
+        check_channels(x, 1, self.num_features, "InstanceNorm2d", layout)
+        return NF.instance_norm(
+            x,
+            self.running_mean,
+            self.running_var,
+            self.weight,
+            self.bias,
+            self.training or not self.track_running_stats,
+            self.momentum,
+            self.eps,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+            f"track_running_stats={self.track_running_stats}"
+        )
