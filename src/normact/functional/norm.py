@@ -221,6 +221,11 @@ def group_norm(
     for t in (weight, bias):
         if t is not None:
             check_channels(x, 1, t.numel(), "group_norm", "(N, C, *)")
+    if x.shape[1] // num_groups * math.prod(x.shape[2:]) <= 1:
+        raise ValueError(
+            f"group_norm needs more than 1 value per group (C/G x spatial), got num_groups={num_groups} and "
+            f"input shape {tuple(x.shape)}"
+        )
     if x.dtype in (torch.float16, torch.bfloat16):
         return F.group_norm(x.float(), num_groups, _f32(weight), _f32(bias), eps).to(x.dtype)
     return F.group_norm(x, num_groups, weight, bias, eps)

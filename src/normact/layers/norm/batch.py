@@ -87,22 +87,34 @@ class _BatchNorm(nn.Module):
         check_tensor(x, name)
         check_rank(x, self._ranks, name, self._layout.format(C=self.num_features))
         check_channels(x, 1, self.num_features, name, self._layout.format(C=self.num_features))
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats:
+        update = self.training and self.track_running_stats
+        if update:
             self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # cumulative moving average
-                factor = 1.0 / float(self.num_batches_tracked)
-        use_batch_stats = self.training or not self.track_running_stats
+        if update and self.momentum is None:
+            # Cumulative average with a tensor factor 1/n: no host read of num_batches_tracked, so that
+            # torch.compile(fullgraph=True) captures it (torch.nn.BatchNorm graph-breaks here).
+            self._update_cumulative(x.detach())
+        pass_stats = not self.training or (self.track_running_stats and self.momentum is not None)
         return NF.batch_norm(
             x,
-            self.running_mean if not self.training or self.track_running_stats else None,
-            self.running_var if not self.training or self.track_running_stats else None,
+            self.running_mean if pass_stats else None,
+            self.running_var if pass_stats else None,
             self.weight,
             self.bias,
-            use_batch_stats,
-            factor,
+            self.training or not self.track_running_stats,
+            0.0 if self.momentum is None else self.momentum,
             self.eps,
         )
+
+    def _update_cumulative(self, x: Tensor) -> None:
+        dims = (0, *range(2, x.dim()))
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        mean = xf.mean(dims)
+        var = xf.var(dims, correction=1)
+        factor = 1.0 / self.num_batches_tracked.to(mean.dtype)
+        with torch.no_grad():
+            self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor.to(self.running_mean.dtype))
+            self.running_var.lerp_(var.to(self.running_var.dtype), factor.to(self.running_var.dtype))
 
     def extra_repr(self) -> str:
         return (

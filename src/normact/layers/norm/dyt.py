@@ -69,13 +69,11 @@ class DyT(nn.Module):
         self.alpha = nn.Parameter(torch.empty(1, **factory_kwargs))
         if self.elementwise_affine:
             self.weight = nn.Parameter(torch.empty(self.normalized_shape, **factory_kwargs))
-            self.bias = (
-                nn.Parameter(torch.empty(self.normalized_shape, **factory_kwargs)) if bias else None
-            )
         else:
             self.register_parameter("weight", None)
-            self.bias = None
-        if self.bias is None:
+        if self.elementwise_affine and bias:
+            self.bias = nn.Parameter(torch.empty(self.normalized_shape, **factory_kwargs))
+        else:
             self.register_parameter("bias", None)
         self.reset_parameters()
 

@@ -1,0 +1,449 @@
+"""The generic layer checks. Each takes a :class:`LayerEntry` (and a :class:`Case`) and raises
+``AssertionError`` with a precise report when the layer breaks its contract.
+
+They are plain functions so that any test runner (normact's own parametrized pytest suite, or a user's
+suite for their own layers) can call them.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import io
+import pickle
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from normact.testing.entry import Case, LayerEntry, Params
+
+LOW_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+FEATURE_ARGS = ("num_features", "normalized_shape", "num_channels", "dim", "in_features")
+_SEED = 1234
+
+
+def generator(seed: int = _SEED) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+
+
+def default_perturb(module: nn.Module, gen: torch.Generator) -> None:
+    """Move floating parameters and buffers away from their initial values (deterministically):
+    parameters get N(0, 0.3^2) added, ``*var*`` buffers are multiplied by exp(N(0, 0.3^2)) (they stay
+    positive), other floating buffers get N(0, 0.3^2) added."""
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.is_floating_point():
+                p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p))
+        for name, b in module.named_buffers():
+            if b is None or not b.is_floating_point():
+                continue
+            noise = 0.3 * torch.randn(b.shape, generator=gen, dtype=torch.float64).to(b)
+            if "var" in name.rsplit(".", 1)[-1]:
+                b.mul_(noise.exp())
+            else:
+                b.add_(noise)
+
+
+def prepared(entry: LayerEntry, case: Case, dtype: torch.dtype = torch.float64, seed: int = _SEED) -> nn.Module:
+    """The layer of ``case`` in ``dtype``, with parameters and buffers perturbed from their init."""
+    torch.manual_seed(seed)
+    module = entry.build(case, dtype=torch.float64)
+    (entry.perturb or default_perturb)(module, generator(seed + 1))
+    return module.to(dtype)
+
+
+def snapshot(module: nn.Module) -> Params:
+    """float64 copies of the parameters and buffers, by name (what a reference receives)."""
+    out: Params = {}
+    for name, p in module.named_parameters(recurse=True):
+        out[name] = p.detach().clone().double()
+    for name, b in module.named_buffers(recurse=True):
+        out[name] = None if b is None else (b.detach().clone().double() if b.is_floating_point() else b.clone())
+    for name in _none_tensors(module):
+        out.setdefault(name, None)
+    return out
+
+
+def _none_tensors(module: nn.Module) -> Iterator[str]:
+    for prefix, m in module.named_modules():
+        for key, value in list(m._parameters.items()) + list(m._buffers.items()):
+            if value is None:
+                yield f"{prefix}.{key}" if prefix else key
+
+
+def call_reference(entry: LayerEntry, case: Case, x: Tensor, params: Params) -> tuple[Tensor, dict[str, Tensor]]:
+    out = entry.reference(x.detach().clone().double(), {k: v for k, v in params.items()}, entry.hparams(case))
+    if isinstance(out, tuple):
+        y, buffers = out
+        return y, dict(buffers)
+    return out, {}
+
+
+def assert_close(actual: Tensor, expected: Tensor, atol: float, rtol: float, what: str) -> None:
+    """``|actual - expected| <= atol + rtol |expected|`` elementwise, with a report of the worst element."""
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{what}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
+    a, e = actual.detach().double(), expected.detach().double()
+    if not torch.isfinite(a).all():
+        raise AssertionError(f"{what}: {int((~torch.isfinite(a)).sum())} non-finite values")
+    err = (a - e).abs()
+    bound = atol + rtol * e.abs()
+    bad = err > bound
+    if bad.any():
+        i = int((err - bound).flatten().argmax())
+        raise AssertionError(
+            f"{what}: {int(bad.sum())}/{a.numel()} elements off (atol={atol:g}, rtol={rtol:g}); worst at flat "
+            f"index {i}: got {a.flatten()[i].item():.10g}, expected {e.flatten()[i].item():.10g}, "
+            f"max abs err {err.max().item():.3g}"
+        )
+
+
+def away_from_kinks(x: Tensor, kinks: tuple[float, ...], margin: float = 0.05) -> Tensor:
+    """Push input values within ``margin`` of a kink to ``kink ± margin`` (finite differences need smoothness)."""
+    for k in kinks:
+        near = (x - k).abs() < margin
+        x = torch.where(near, torch.where(x >= k, k + margin, k - margin).to(x), x)
+    return x
+
+
+def _output(y: Tensor | tuple[Tensor, ...]) -> Tensor:
+    return y[0] if isinstance(y, tuple) else y
+
+
+# --------------------------------------------------------------------------------------------------
+# the checks
+
+
+def check_reference(entry: LayerEntry, case: Case) -> None:
+    """float64 output (and updated buffers) agree with the independent reference; the functional form
+    agrees with the module."""
+    module = prepared(entry, case)
+    x = case.make_input(generator())
+    params = snapshot(module)
+    before = copy.deepcopy(module)
+    y = _output(module(x))
+    expected, buffers = call_reference(entry, case, x, params)
+    atol, rtol = entry.tolerance(torch.float64)
+    assert_close(y, expected, atol, rtol, f"{entry.name}[{case.id}] float64 output vs reference")
+    for name, want in buffers.items():
+        got = dict(module.named_buffers())[name]
+        assert_close(got, want, atol, rtol, f"{entry.name}[{case.id}] buffer {name!r} after forward")
+    y_functional = entry.functional(x, before)
+    assert_close(y_functional, y, 1e-12, 1e-12, f"{entry.name}[{case.id}] normact.functional vs module")
+
+
+def check_detects_perturbation(entry: LayerEntry, case: Case) -> None:
+    """The reference comparison is sharp enough to notice an output scaled by 1.001, and every learnable
+    parameter changes the output (no dead parameters)."""
+    module = prepared(entry, case)
+    module.register_forward_hook(lambda m, args, out: out * 1.001)
+    x = case.make_input(generator())
+    params = snapshot(module)
+    y = _output(module(x))
+    expected, _ = call_reference(entry, case, x, params)
+    atol, rtol = entry.tolerance(torch.float64)
+    try:
+        assert_close(y, expected, atol, rtol, "mutated")
+    except AssertionError:
+        pass
+    else:
+        raise AssertionError(f"{entry.name}[{case.id}]: an output scaled by 1.001 still matches the reference")
+    module = prepared(entry, case)
+    base = _output(copy.deepcopy(module)(x))
+    for name, p in module.named_parameters():
+        changed = copy.deepcopy(module)
+        with torch.no_grad():
+            dict(changed.named_parameters())[name].add_(0.1)
+        if torch.equal(_output(changed(x)), base):
+            raise AssertionError(f"{entry.name}[{case.id}]: parameter {name!r} does not affect the output")
+
+
+def check_gradients(entry: LayerEntry, case: Case) -> None:
+    """gradcheck in float64 for the input and every parameter; gradgradcheck for smooth layers."""
+    module = prepared(entry, case)
+    x = away_from_kinks(case.make_input(generator()), entry.kinks).requires_grad_(True)
+    names = [n for n, p in module.named_parameters() if p.requires_grad]
+    params = [dict(module.named_parameters())[n].detach().clone().requires_grad_(True) for n in names]
+
+    def fn(inp: Tensor, *ps: Tensor) -> Tensor:
+        return _output(functional_call(module, dict(zip(names, ps, strict=True)), (inp,)))
+
+    inputs = (x, *params)
+    torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
+    if entry.info.properties.smooth:
+        torch.autograd.gradgradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
+
+
+def _backward_finite(entry: LayerEntry, case: Case, module: nn.Module, x: Tensor, what: str) -> None:
+    x = x.detach().clone().requires_grad_(True)
+    y = _output(module(x))
+    if not torch.isfinite(y).all():
+        raise AssertionError(f"{entry.name}[{case.id}] {what}: non-finite output")
+    grad_out = torch.ones_like(y) / max(y.numel(), 1)
+    grads = torch.autograd.grad(
+        y, [x, *[p for p in module.parameters() if p.requires_grad]], grad_out, allow_unused=True
+    )
+    for g in grads:
+        if g is not None and not torch.isfinite(g).all():
+            raise AssertionError(f"{entry.name}[{case.id}] {what}: non-finite gradient")
+
+
+def check_dtypes(entry: LayerEntry, case: Case) -> None:
+    """float32, bfloat16 and float16 outputs within tolerance of the float64 reference evaluated on the
+    same (rounded) input and parameters; finite outputs and gradients; inputs of magnitude 1e4 too for
+    normalizing layers."""
+    x64 = case.make_input(generator())
+    inputs = [("", x64)]
+    if entry.checks_large_input:
+        inputs.append((" |x|=1e4", x64 / x64.abs().max().clamp_min(1e-12) * 1e4))
+    for dtype in LOW_DTYPES:
+        atol, rtol = entry.tolerance(dtype)
+        for label, x in inputs:
+            module = prepared(entry, case, dtype)
+            x_low = x.to(dtype)
+            params = snapshot(module)
+            y = _output(module(x_low))
+            what = f"{entry.name}[{case.id}] {dtype}{label}"
+            if y.dtype != dtype:
+                raise AssertionError(f"{what}: output dtype {y.dtype}, expected {dtype}")
+            expected, _ = call_reference(entry, case, x_low.double(), params)
+            assert_close(y, expected, atol, rtol, what)
+            _backward_finite(entry, case, prepared(entry, case, dtype), x_low, what)
+
+
+def check_compile(entry: LayerEntry, case: Case, backend: str = "aot_eager") -> None:
+    """``torch.compile(fullgraph=True)`` gives the eager output, input gradient and buffers."""
+    torch._dynamo.reset()
+    eager = prepared(entry, case)
+    compiled_module = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_module, backend=backend, fullgraph=True)
+    x = away_from_kinks(case.make_input(generator()), entry.kinks)
+    xe, xc = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ye, yc = _output(eager(xe)), _output(compiled(xc))
+    what = f"{entry.name}[{case.id}] torch.compile({backend})"
+    assert_close(yc, ye, 1e-9, 1e-9, f"{what} output")
+    (ge,) = torch.autograd.grad(ye.sum(), xe)
+    (gc,) = torch.autograd.grad(yc.sum(), xc)
+    assert_close(gc, ge, 1e-9, 1e-9, f"{what} input gradient")
+    eager_buffers = dict(eager.named_buffers())
+    for name, b in compiled_module.named_buffers():
+        assert_close(b.double(), eager_buffers[name].double(), 1e-9, 1e-9, f"{what} buffer {name!r}")
+    torch._dynamo.reset()
+
+
+def check_serialization(entry: LayerEntry, case: Case) -> None:
+    """state_dict save/load (``weights_only``) into a fresh layer, pickling and deepcopy reproduce outputs."""
+    module = prepared(entry, case).eval()
+    x = case.make_input(generator())
+    expected = _output(copy.deepcopy(module)(x))
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
+    buf.seek(0)
+    fresh = entry.build(case, dtype=torch.float64).eval()
+    missing, unexpected = fresh.load_state_dict(torch.load(buf, weights_only=True), strict=True)
+    assert not missing and not unexpected
+    for label, clone in (
+        ("state_dict round trip", fresh),
+        ("pickle", pickle.loads(pickle.dumps(module))),
+        ("deepcopy", copy.deepcopy(module)),
+    ):
+        assert_close(_output(clone(x)), expected, 0.0, 0.0, f"{entry.name}[{case.id}] {label}")
+
+
+def check_factory_kwargs(entry: LayerEntry, case: Case) -> None:
+    """``dtype=`` and ``device=`` place every floating parameter and buffer; ``reset_parameters()`` restores
+    the initial values; ``repr`` works."""
+    module = entry.build(case, dtype=torch.float64)
+    for name, t in [*module.named_parameters(), *module.named_buffers()]:
+        if t.is_floating_point() and t.dtype != torch.float64:
+            raise AssertionError(f"{entry.name}: {name} is {t.dtype} after dtype=torch.float64")
+    meta = entry.build(case, device="meta")
+    for name, t in [*meta.named_parameters(), *meta.named_buffers()]:
+        if t.device.type != "meta":
+            raise AssertionError(f"{entry.name}: {name} on {t.device} after device='meta'")
+    torch.manual_seed(_SEED)
+    fresh = entry.build(case, dtype=torch.float64)
+    perturbed = prepared(entry, case)
+    if any(True for _ in perturbed.parameters()) or any(True for _ in perturbed.buffers()):
+        if not hasattr(perturbed, "reset_parameters"):
+            raise AssertionError(f"{entry.name}: has parameters or buffers but no reset_parameters()")
+        torch.manual_seed(_SEED)
+        perturbed.reset_parameters()
+        fresh_state = fresh.state_dict()
+        for key, value in perturbed.state_dict().items():
+            if not torch.equal(value, fresh_state[key]):
+                raise AssertionError(f"{entry.name}: reset_parameters() does not restore {key!r}")
+    repr(module)
+
+
+def _expect_error(
+    entry: LayerEntry, what: str, fn: Callable[[], Any], kinds: tuple[type[Exception], ...], needles: tuple[str, ...]
+) -> None:
+    try:
+        fn()
+    except kinds as err:
+        message = str(err)
+        for needle in needles:
+            if needle not in message:
+                raise AssertionError(
+                    f"{entry.name}: {what} raised {type(err).__name__} without naming {needle!r}: {message}"
+                ) from err
+        return
+    except Exception as err:
+        raise AssertionError(
+            f"{entry.name}: {what} raised {type(err).__name__} (expected {'/'.join(k.__name__ for k in kinds)}): "
+            f"{err}"
+        ) from err
+    raise AssertionError(f"{entry.name}: {what} was accepted")
+
+
+def check_bad_input(entry: LayerEntry, case: Case) -> None:
+    """Wrong feature count and wrong rank raise ValueError naming the expected shape; non-tensor and
+    integer input raise TypeError; invalid hyperparameters are rejected at construction."""
+    module = prepared(entry, case)
+    layout = entry.layout_for(case)
+    shape = list(case.shape)
+    _expect_error(entry, "a list input", lambda: module(shape), (TypeError,), ())
+    ints = torch.ones(case.shape, dtype=torch.long)
+    _expect_error(entry, "an integer tensor", lambda: module(ints), (TypeError,), ("float",))
+    if layout.feature_axis is not None and len(shape) > abs(layout.feature_axis) - (layout.feature_axis < 0):
+        wrong = list(shape)
+        expected = wrong[layout.feature_axis]
+        wrong[layout.feature_axis] += 1
+        bad = torch.randn(wrong, dtype=torch.float64)
+        _expect_error(
+            entry, f"input of shape {tuple(wrong)}", lambda: module(bad), (ValueError,), (str(expected), "shape")
+        )
+    if layout.even_axis is not None:
+        wrong = list(shape)
+        wrong[layout.even_axis] += 1
+        odd = torch.randn(wrong, dtype=torch.float64)
+        _expect_error(entry, f"input of shape {tuple(wrong)}", lambda: module(odd), (ValueError,), ("even", "shape"))
+    for rank in layout.invalid_ranks():
+        wrong = shape[:rank] if rank <= len(shape) else shape + [3] * (rank - len(shape))
+        bad = torch.randn(wrong, dtype=torch.float64)
+        _expect_error(entry, f"a {rank}-D input", lambda b=bad: module(b), (ValueError,), ("shape",))
+    check_bad_init(entry, case)
+
+
+def check_bad_init(entry: LayerEntry, case: Case) -> None:
+    """eps <= 0, non-positive feature counts and the entry's own bad arguments are rejected at construction."""
+    params = inspect.signature(entry.info.factory).parameters
+    bad: list[dict[str, Any]] = []
+    if "eps" in params:
+        bad += [{"eps": 0.0}, {"eps": -1e-5}, {"eps": float("nan")}]
+    for arg in FEATURE_ARGS:
+        if arg in params and arg == entry.layout_for(case).feature_arg:
+            bad += [{arg: 0}, {arg: -3}, {arg: 2.5}]
+    bad += [dict(b) for b in entry.bad_init]
+    for kwargs in bad:
+        init = {**case.init, **kwargs}
+        _expect_error(
+            entry, f"construction with {kwargs}", lambda i=init: entry.info.factory(**i), (ValueError, TypeError), ()
+        )
+
+
+def check_constant_input(entry: LayerEntry, case: Case) -> None:
+    """Zero-variance inputs (all 3.0, all 0.0) give finite outputs and gradients in float64 and float32."""
+    for dtype in (torch.float64, torch.float32):
+        for value in (3.0, 0.0):
+            module = prepared(entry, case, dtype)
+            x = torch.full(case.shape, value, dtype=dtype)
+            _backward_finite(entry, case, module, x, f"constant input {value} in {dtype}")
+
+
+def check_contract(entry: LayerEntry) -> None:
+    """The class follows the layer contract: docstring with the math and the paper, ``extra_repr``,
+    ``device``/``dtype`` factory kwargs when it owns tensors, and a functional form in ``normact.functional``."""
+    import normact.functional
+
+    info = entry.info
+    cls = info.cls
+    doc = inspect.getdoc(cls) or ""
+    if ".. math::" not in doc:
+        raise AssertionError(f"{entry.name}: the docstring of {cls.__name__} has no '.. math::' formula")
+    paper_marks = [info.paper.arxiv] if info.paper.arxiv else [str(info.paper.year)]
+    for mark in paper_marks:
+        if mark not in doc:
+            raise AssertionError(f"{entry.name}: the docstring of {cls.__name__} does not cite the paper ({mark})")
+    if cls.extra_repr is nn.Module.extra_repr:
+        raise AssertionError(f"{entry.name}: {cls.__name__} does not define extra_repr()")
+    module = entry.build(entry.cases[0])
+    owns_tensors = any(True for _ in module.parameters()) or any(True for _ in module.buffers())
+    signature = inspect.signature(cls)
+    if owns_tensors and not {"device", "dtype"} <= set(signature.parameters):
+        raise AssertionError(f"{entry.name}: {cls.__name__} owns tensors but takes no device=/dtype=")
+    name = info.functional.__name__
+    if getattr(normact.functional, name, None) is not info.functional:
+        raise AssertionError(f"{entry.name}: functional {name} is not exported by normact.functional")
+    if not info.formula or not info.paper.title:
+        raise AssertionError(f"{entry.name}: registry metadata lacks a formula or a paper")
+
+
+def check_inplace(entry: LayerEntry, case: Case) -> None:
+    """Layers with ``inplace=True`` overwrite their input with the out-of-place result."""
+    if "inplace" not in inspect.signature(entry.info.factory).parameters:
+        return
+    x = case.make_input(generator())
+    expected = entry.build(case, dtype=torch.float64)(x.clone())
+    module = entry.info.factory(**{**case.init, "inplace": True})
+    x_inplace = x.clone()
+    out = module(x_inplace)
+    assert_close(out, expected, 0.0, 0.0, f"{entry.name}[{case.id}] inplace output")
+    assert_close(x_inplace, expected, 0.0, 0.0, f"{entry.name}[{case.id}] inplace input")
+
+
+CASE_CHECKS: dict[str, Callable[[LayerEntry, Case], None]] = {
+    "reference": check_reference,
+    "detects_perturbation": check_detects_perturbation,
+    "gradients": check_gradients,
+    "dtypes": check_dtypes,
+    "compile": check_compile,
+    "serialization": check_serialization,
+    "factory_kwargs": check_factory_kwargs,
+    "bad_input": check_bad_input,
+    "constant_input": check_constant_input,
+    "inplace": check_inplace,
+}
+"""Every per-case check, by name: a test suite parametrizes over entries x cases x these."""
+
+
+def run_all(entry: LayerEntry, compile_backend: str = "aot_eager") -> None:
+    """Run every check on every case of ``entry`` (for users putting their own layer through the harness)."""
+    check_contract(entry)
+    for case in entry.cases:
+        for name, check in CASE_CHECKS.items():
+            if name == "compile":
+                check_compile(entry, case, compile_backend)
+            else:
+                check(entry, case)
+
+
+__all__ = [
+    "CASE_CHECKS",
+    "LOW_DTYPES",
+    "assert_close",
+    "away_from_kinks",
+    "check_bad_init",
+    "check_bad_input",
+    "check_compile",
+    "check_constant_input",
+    "check_contract",
+    "check_detects_perturbation",
+    "check_dtypes",
+    "check_factory_kwargs",
+    "check_gradients",
+    "check_inplace",
+    "check_reference",
+    "check_serialization",
+    "default_perturb",
+    "prepared",
+    "snapshot",
+]

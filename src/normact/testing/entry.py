@@ -1,0 +1,187 @@
+"""The harness database's record types: a :class:`LayerEntry` per registered layer, :class:`Case` per configuration.
+
+An entry carries what the generic checks cannot derive: how to build the layer and its input, and an
+**independent reference** written from the paper's formula. Everything else (gradcheck, the dtype
+matrix, compile parity, serialization, bad input, constant input, shape properties) comes from the checks
+in :mod:`normact.testing.checks`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from normact.registry import LayerInfo, get_info
+
+Params = dict[str, Tensor | None]
+"""Named parameters and buffers of a layer (float64 copies taken before the forward pass)."""
+
+Reference = Callable[[Tensor, Params, dict[str, Any]], "Tensor | tuple[Tensor, dict[str, Tensor]]"]
+"""``reference(x, params, hparams)``: the layer's output in float64, optionally with the buffers it should
+hold after the forward pass (running statistics). ``hparams`` holds every constructor argument, defaults
+included, and ``training``, the module's mode. A reference must not call the layer or ``normact.functional``."""
+
+Tolerance = tuple[float, float]  # (atol, rtol)
+
+DEFAULT_TOLERANCES: dict[torch.dtype, Tolerance] = {
+    torch.float64: (1e-10, 1e-9),
+    torch.float32: (2e-5, 2e-4),
+    torch.bfloat16: (3e-2, 3e-2),
+    torch.float16: (4e-3, 4e-3),
+}
+
+
+def randn_input(shape: Sequence[int], generator: torch.Generator, scale: float, offset: float) -> Tensor:
+    """Standard normal input in float64, scaled and shifted (a non-zero mean catches centering bugs)."""
+    return torch.randn(tuple(shape), generator=generator, dtype=torch.float64) * scale + offset
+
+
+@dataclass(frozen=True)
+class Case:
+    """One way to build and call a layer.
+
+    Args:
+        init: constructor keyword arguments (the registry's defaults for the name are applied first).
+        shape: the input shape.
+        desc: a short label for test ids.
+        train: module mode for the call.
+        scale, offset: the default input is ``randn(shape) * scale + offset`` in float64.
+        input_fn: ``input_fn(shape, generator) -> float64 tensor`` replacing the default input.
+        layout: overrides the entry's :class:`Layout` for this case (e.g. a channels-first variant).
+    """
+
+    init: Mapping[str, Any] = field(default_factory=dict)
+    shape: tuple[int, ...] = (4, 16)
+    desc: str = ""
+    train: bool = True
+    scale: float = 1.5
+    offset: float = 0.0
+    input_fn: Callable[[Sequence[int], torch.Generator], Tensor] | None = None
+    layout: Layout | None = None
+
+    @property
+    def id(self) -> str:
+        return self.desc or "x".join(str(s) for s in self.shape)
+
+    def make_input(self, generator: torch.Generator) -> Tensor:
+        if self.input_fn is not None:
+            return self.input_fn(self.shape, generator).to(torch.float64)
+        return randn_input(self.shape, generator, self.scale, self.offset)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the feature count sits in the input, and which ranks are valid; drives the bad-input checks
+    and the property-based shape tests.
+
+    Args:
+        feature_arg: the constructor argument holding the feature count (None for parameter-free layers).
+        feature_axis: the input axis that must equal it (None when any size is accepted).
+        ranks: valid input ranks; ``None`` means any rank >= ``min_rank``.
+        min_rank: the smallest valid rank when ``ranks`` is None.
+        init_for: ``init_for(f) -> (init kwargs, feature size)`` for the shape tests; default
+            ``({feature_arg: f}, f)``.
+        even_axis: an axis whose size must be even (gated activations split it in halves).
+        min_batch: the smallest first-dim size in train mode (2 for batch statistics).
+        min_spatial: the smallest product of the dims after the channel dim (2 for instance statistics).
+    """
+
+    feature_arg: str | None = None
+    feature_axis: int | None = None
+    ranks: tuple[int, ...] | None = None
+    min_rank: int = 0
+    init_for: Callable[[int], tuple[dict[str, Any], int]] | None = None
+    even_axis: int | None = None
+    min_batch: int = 1
+    min_spatial: int = 1
+
+    def init_and_features(self, f: int) -> tuple[dict[str, Any], int]:
+        if self.init_for is not None:
+            return self.init_for(f)
+        return ({self.feature_arg: f} if self.feature_arg else {}), f
+
+    def valid_ranks(self, max_rank: int = 5) -> tuple[int, ...]:
+        if self.ranks is not None:
+            return self.ranks
+        return tuple(range(self.min_rank, max_rank + 1))
+
+    def invalid_ranks(self) -> tuple[int, ...]:
+        """Ranks just outside the valid set (empty if every rank is valid)."""
+        valid = set(self.valid_ranks(max_rank=8))
+        out = []
+        if min(valid) > 0:
+            out.append(min(valid) - 1)
+        if self.ranks is not None:
+            out += [r for r in range(0, max(valid) + 2) if r not in valid and r not in out]
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class LayerEntry:
+    """The harness entry of one registered layer.
+
+    Args:
+        name: the registry name.
+        reference: the independent float64 reference (see :data:`Reference`).
+        cases: configurations to check (each check runs on every case).
+        functional: ``functional(x, module) -> Tensor``: the same computation through ``normact.functional``,
+            passing the module's parameters and buffers.
+        layout: where the features are, for bad-input and shape tests.
+        tolerances: per-dtype ``(atol, rtol)`` against the float64 reference; missing dtypes use
+            :data:`DEFAULT_TOLERANCES`.
+        kinks: input values where the layer is not differentiable; gradient checks keep inputs away from them.
+        bad_init: constructor kwargs that must be rejected with ValueError/TypeError, beyond the generic ones.
+        large_input: also check inputs of magnitude 1e4 in every dtype (defaults to True for norms).
+        perturb: ``perturb(module, generator)`` moves parameters and buffers away from their initial values
+            before comparisons; the default adds noise to parameters and running statistics.
+    """
+
+    name: str
+    reference: Reference
+    cases: tuple[Case, ...]
+    functional: Callable[[Tensor, nn.Module], Tensor]
+    layout: Layout = field(default_factory=Layout)
+    tolerances: Mapping[torch.dtype, Tolerance] = field(default_factory=dict)
+    kinks: tuple[float, ...] = ()
+    bad_init: tuple[Mapping[str, Any], ...] = ()
+    large_input: bool | None = None
+    perturb: Callable[[nn.Module, torch.Generator], None] | None = None
+
+    @functools.cached_property
+    def info(self) -> LayerInfo:
+        return get_info(self.name)
+
+    def layout_for(self, case: Case) -> Layout:
+        return case.layout or self.layout
+
+    def tolerance(self, dtype: torch.dtype) -> Tolerance:
+        return self.tolerances.get(dtype, DEFAULT_TOLERANCES[dtype])
+
+    @property
+    def checks_large_input(self) -> bool:
+        return self.info.kind == "norm" if self.large_input is None else self.large_input
+
+    def build(self, case: Case, **factory_kwargs: Any) -> nn.Module:
+        """The layer of ``case`` (registry defaults, then ``case.init``, then the factory kwargs the layer
+        accepts: parameter-free activations take no ``device``/``dtype``, as in torch.nn)."""
+        accepted = inspect.signature(self.info.factory).parameters
+        factory_kwargs = {k: v for k, v in factory_kwargs.items() if k in accepted}
+        module = self.info.factory(**{**case.init, **factory_kwargs})
+        module.train(case.train)
+        return module
+
+    def hparams(self, case: Case) -> dict[str, Any]:
+        """Every constructor argument of ``case`` with defaults filled in, plus ``training`` (the module's
+        mode): what the reference receives."""
+        signature = inspect.signature(self.info.factory)
+        bound = signature.bind_partial(**case.init)
+        bound.apply_defaults()
+        hparams = {k: v for k, v in bound.arguments.items() if k not in ("device", "dtype")}
+        hparams["training"] = case.train
+        return hparams

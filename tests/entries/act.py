@@ -1,0 +1,141 @@
+"""Harness entries of the activation functions: closed forms in float64, written without calling normact."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+import normact.functional as NF
+from normact.testing import Case, LayerEntry, Layout
+
+ANY = Layout(min_rank=0)
+SPLIT_LAST = Layout(min_rank=1, even_axis=-1)
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + torch.exp(-z))
+
+
+def _phi(z):
+    """Standard normal CDF."""
+    return 0.5 * (1.0 + torch.erf(z / math.sqrt(2.0)))
+
+
+def ref_relu(x, p, hp):
+    return torch.where(x > 0, x, torch.zeros_like(x))
+
+
+def ref_relu2(x, p, hp):
+    return torch.where(x > 0, x * x, torch.zeros_like(x))
+
+
+def ref_gelu(x, p, hp):
+    if hp["approximate"] == "tanh":
+        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    return x * _phi(x)
+
+
+def ref_silu(x, p, hp):
+    return x * _sigmoid(x)
+
+
+def ref_swish(x, p, hp):
+    beta = p["beta"]
+    if beta.dim() > 0:
+        axis = hp["channel_axis"] % x.dim()
+        beta = beta.reshape((-1,) + (1,) * (x.dim() - axis - 1))
+    return x * _sigmoid(beta * x)
+
+
+def ref_mish(x, p, hp):
+    return x * torch.tanh(torch.log1p(torch.exp(x)))
+
+
+def ref_golu(x, p, hp):
+    return x * hp["alpha"] * torch.exp(-hp["beta"] * torch.exp(-hp["gamma"] * x))
+
+
+def _halves(x, dim):
+    n = x.shape[dim] // 2
+    return x.narrow(dim, 0, n), x.narrow(dim, n, n)
+
+
+def ref_swiglu(x, p, hp):
+    a, b = _halves(x, hp["dim"])
+    return a * _sigmoid(a) * b
+
+
+def ref_geglu(x, p, hp):
+    a, b = _halves(x, hp["dim"])
+    return a * _phi(a) * b
+
+
+_POINTWISE = (
+    Case(shape=(4, 16)),
+    Case(shape=(2, 3, 5, 4), desc="4d", scale=4.0, offset=-1.0),
+    Case(shape=(), desc="scalar", offset=0.7),
+)
+
+
+def _pointwise(name, reference, functional, kinks=(), **kwargs):
+    return LayerEntry(name=name, reference=reference, cases=_POINTWISE, functional=functional, layout=ANY,
+                      kinks=kinks, **kwargs)
+
+
+ENTRIES = (
+    _pointwise("relu", ref_relu, lambda x, m: NF.relu(x), kinks=(0.0,)),
+    _pointwise("relu2", ref_relu2, lambda x, m: NF.relu2(x), kinks=(0.0,)),
+    _pointwise("gelu", ref_gelu, lambda x, m: NF.gelu(x, m.approximate)),
+    _pointwise("gelu_tanh", ref_gelu, lambda x, m: NF.gelu(x, m.approximate)),
+    _pointwise("silu", ref_silu, lambda x, m: NF.silu(x)),
+    _pointwise("mish", ref_mish, lambda x, m: NF.mish(x)),
+    LayerEntry(
+        name="golu",
+        reference=ref_golu,
+        cases=(
+            *_POINTWISE,
+            Case(init={"alpha": 1.5, "beta": 0.7, "gamma": 2.0}, shape=(4, 16), scale=3.0, desc="general"),
+            Case(shape=(64,), desc="very_negative", input_fn=lambda shape, g: torch.linspace(-200.0, 5.0, 64)),
+        ),
+        functional=lambda x, m: NF.golu(x, m.alpha, m.beta, m.gamma),
+        layout=ANY,
+        bad_init=({"alpha": 0.0}, {"gamma": -1.0}),
+    ),
+    LayerEntry(
+        name="swish",
+        reference=ref_swish,
+        cases=(
+            Case(shape=(4, 16), scale=3.0),
+            Case(init={"dim": 16}, shape=(4, 16), desc="per_channel",
+                 layout=Layout(feature_arg="dim", feature_axis=-1, min_rank=1)),
+            Case(init={"dim": 3, "channel_axis": 1}, shape=(2, 3, 4, 4), desc="per_channel_nchw",
+                 layout=Layout(feature_arg="dim", feature_axis=1, min_rank=2)),
+            Case(init={"beta_init": 0.0, "learnable": False}, shape=(5, 7), desc="beta0_fixed"),
+        ),
+        functional=lambda x, m: NF.swish(x, m.beta, m.channel_axis),
+        layout=ANY,
+    ),
+    LayerEntry(
+        name="swiglu",
+        reference=ref_swiglu,
+        cases=(
+            Case(shape=(4, 16)),
+            Case(init={"dim": 1}, shape=(2, 6, 3), desc="split_dim1",
+                 layout=Layout(min_rank=2, even_axis=1)),
+        ),
+        functional=lambda x, m: NF.swiglu(x, m.dim),
+        layout=SPLIT_LAST,
+    ),
+    LayerEntry(
+        name="geglu",
+        reference=ref_geglu,
+        cases=(
+            Case(shape=(4, 16)),
+            Case(init={"dim": 1}, shape=(2, 6, 3), desc="split_dim1",
+                 layout=Layout(min_rank=2, even_axis=1)),
+        ),
+        functional=lambda x, m: NF.geglu(x, m.dim),
+        layout=SPLIT_LAST,
+    ),
+)

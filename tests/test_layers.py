@@ -1,0 +1,62 @@
+"""The layer harness over every registered layer: every entry x every case x every generic check.
+
+A registered layer without an entry fails ``test_every_layer_has_an_entry``.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+
+import normact
+from normact.testing import CASE_CHECKS, check_compile, check_contract, check_reference
+from normact.testing.strategies import cases
+from tests.entries import ENTRIES
+
+CASES = [
+    pytest.param(entry, case, id=f"{name}-{case.id}") for name, entry in ENTRIES.items() for case in entry.cases
+]
+DEFAULT_CHECKS = [name for name in CASE_CHECKS if name != "compile"]
+
+
+def test_every_layer_has_an_entry():
+    missing = sorted(set(normact.list_layers()) - set(ENTRIES))
+    assert not missing, f"registered layers without a harness entry in tests/entries: {missing}"
+    unknown = sorted(set(ENTRIES) - set(normact.list_layers()))
+    assert not unknown, f"harness entries for names that are not registered: {unknown}"
+
+
+@pytest.mark.parametrize("name", sorted(ENTRIES))
+def test_contract(name):
+    check_contract(ENTRIES[name])
+
+
+@pytest.mark.parametrize("check", DEFAULT_CHECKS)
+@pytest.mark.parametrize(("entry", "case"), CASES)
+def test_layer(entry, case, check):
+    CASE_CHECKS[check](entry, case)
+
+
+@pytest.mark.parametrize(("entry", "case"), CASES)
+def test_compile_aot_eager(entry, case):
+    """Dynamo capture with fullgraph=True and AOTAutograd, without code generation (cheap)."""
+    check_compile(entry, case, backend="aot_eager")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("entry", "case"), CASES)
+def test_compile_inductor(entry, case):
+    """The same parity through Inductor's generated code (slow: C++ compilation per layer)."""
+    check_compile(entry, case, backend="inductor")
+
+
+@pytest.mark.parametrize("name", sorted(ENTRIES))
+def test_shapes_property(name):
+    """For random valid shapes and feature counts, the float64 output matches the reference."""
+    entry = ENTRIES[name]
+
+    @given(cases(entry))
+    def run(case):
+        check_reference(entry, case)
+
+    run()
