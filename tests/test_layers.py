@@ -13,9 +13,7 @@ from normact.testing import CASE_CHECKS, check_compile, check_contract, check_re
 from normact.testing.strategies import cases
 from tests.entries import ENTRIES
 
-CASES = [
-    pytest.param(entry, case, id=f"{name}-{case.id}") for name, entry in ENTRIES.items() for case in entry.cases
-]
+CASES = [pytest.param(entry, case, id=f"{name}-{case.id}") for name, entry in ENTRIES.items() for case in entry.cases]
 DEFAULT_CHECKS = [name for name in CASE_CHECKS if name != "compile"]
 
 

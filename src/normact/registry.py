@@ -117,9 +117,7 @@ class LayerInfo:
                 "authors": self.paper.authors,
             },
             "formula": self.formula,
-            "params": [
-                {"name": p.name, "shape": p.shape, "init": p.init, "buffer": p.buffer} for p in self.params
-            ],
+            "params": [{"name": p.name, "shape": p.shape, "init": p.init, "buffer": p.buffer} for p in self.params],
             "properties": {k: getattr(self.properties, k) for k in Properties.__dataclass_fields__},
             "aliases": list(self.aliases),
         }
@@ -242,9 +240,7 @@ def resolve(layer: LayerType) -> Callable[..., nn.Module]:
         return layer
     if callable(layer):
         return layer
-    raise TypeError(
-        f"a layer is a registry name, an nn.Module class or a factory callable, got {type(layer).__name__}"
-    )
+    raise TypeError(f"a layer is a registry name, an nn.Module class or a factory callable, got {type(layer).__name__}")
 
 
 def create(layer: LayerType, *args: Any, **kwargs: Any) -> nn.Module:

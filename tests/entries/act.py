@@ -79,8 +79,15 @@ _POINTWISE = (
 
 
 def _pointwise(name, reference, functional, kinks=(), **kwargs):
-    return LayerEntry(name=name, reference=reference, cases=_POINTWISE, functional=functional, layout=ANY,
-                      kinks=kinks, **kwargs)
+    return LayerEntry(
+        name=name,
+        reference=reference,
+        cases=_POINTWISE,
+        functional=functional,
+        layout=ANY,
+        kinks=kinks,
+        **kwargs,
+    )
 
 
 ENTRIES = (
@@ -107,10 +114,18 @@ ENTRIES = (
         reference=ref_swish,
         cases=(
             Case(shape=(4, 16), scale=3.0),
-            Case(init={"dim": 16}, shape=(4, 16), desc="per_channel",
-                 layout=Layout(feature_arg="dim", feature_axis=-1, min_rank=1)),
-            Case(init={"dim": 3, "channel_axis": 1}, shape=(2, 3, 4, 4), desc="per_channel_nchw",
-                 layout=Layout(feature_arg="dim", feature_axis=1, min_rank=2)),
+            Case(
+                init={"dim": 16},
+                shape=(4, 16),
+                desc="per_channel",
+                layout=Layout(feature_arg="dim", feature_axis=-1, min_rank=1),
+            ),
+            Case(
+                init={"dim": 3, "channel_axis": 1},
+                shape=(2, 3, 4, 4),
+                desc="per_channel_nchw",
+                layout=Layout(feature_arg="dim", feature_axis=1, min_rank=2),
+            ),
             Case(init={"beta_init": 0.0, "learnable": False}, shape=(5, 7), desc="beta0_fixed"),
         ),
         functional=lambda x, m: NF.swish(x, m.beta, m.channel_axis),
@@ -121,8 +136,7 @@ ENTRIES = (
         reference=ref_swiglu,
         cases=(
             Case(shape=(4, 16)),
-            Case(init={"dim": 1}, shape=(2, 6, 3), desc="split_dim1",
-                 layout=Layout(min_rank=2, even_axis=1)),
+            Case(init={"dim": 1}, shape=(2, 6, 3), desc="split_dim1", layout=Layout(min_rank=2, even_axis=1)),
         ),
         functional=lambda x, m: NF.swiglu(x, m.dim),
         layout=SPLIT_LAST,
@@ -132,8 +146,7 @@ ENTRIES = (
         reference=ref_geglu,
         cases=(
             Case(shape=(4, 16)),
-            Case(init={"dim": 1}, shape=(2, 6, 3), desc="split_dim1",
-                 layout=Layout(min_rank=2, even_axis=1)),
+            Case(init={"dim": 1}, shape=(2, 6, 3), desc="split_dim1", layout=Layout(min_rank=2, even_axis=1)),
         ),
         functional=lambda x, m: NF.geglu(x, m.dim),
         layout=SPLIT_LAST,

@@ -126,8 +126,14 @@ def _bn_functional(x, m):
     elif m.training and m.track_running_stats:
         m.num_batches_tracked.add_(1)
     return NF.batch_norm(
-        x, m.running_mean, m.running_var, m.weight, m.bias,
-        m.training or not m.track_running_stats, 0.0 if momentum is None else momentum, m.eps,
+        x,
+        m.running_mean,
+        m.running_var,
+        m.weight,
+        m.bias,
+        m.training or not m.track_running_stats,
+        0.0 if momentum is None else momentum,
+        m.eps,
     )
 
 
@@ -150,8 +156,11 @@ ENTRIES = (
             Case(init={"normalized_shape": 16}, shape=(4, 16), offset=0.5),
             Case(init={"normalized_shape": (3, 8)}, shape=(2, 5, 3, 8), desc="2d_shape", offset=-1.0),
             Case(init={"normalized_shape": 16, "bias": False}, shape=(3, 16), desc="no_bias"),
-            Case(init={"normalized_shape": 16, "elementwise_affine": False, "eps": 1e-3}, shape=(2, 3, 16),
-                 desc="no_affine"),
+            Case(
+                init={"normalized_shape": 16, "elementwise_affine": False, "eps": 1e-3},
+                shape=(2, 3, 16),
+                desc="no_affine",
+            ),
         ),
         functional=lambda x, m: NF.layer_norm(x, m.normalized_shape, m.weight, m.bias, m.eps),
         layout=LAST_DIM,
@@ -162,8 +171,11 @@ ENTRIES = (
         cases=(
             Case(init={"normalized_shape": 16, "eps": 1e-6}, shape=(4, 16), offset=0.5),
             Case(init={"normalized_shape": 16}, shape=(2, 3, 16), desc="eps_none"),
-            Case(init={"normalized_shape": (2, 8), "elementwise_affine": False, "eps": 1e-5}, shape=(3, 2, 8),
-                 desc="no_affine"),
+            Case(
+                init={"normalized_shape": (2, 8), "elementwise_affine": False, "eps": 1e-5},
+                shape=(3, 2, 8),
+                desc="no_affine",
+            ),
         ),
         functional=lambda x, m: NF.rms_norm(x, m.normalized_shape, m.weight, m.eps),
         layout=LAST_DIM,
@@ -183,8 +195,11 @@ ENTRIES = (
         reference=ref_scalenorm,
         cases=(
             Case(init={"normalized_shape": 16}, shape=(4, 16), offset=0.5),
-            Case(init={"normalized_shape": 16, "affine": False, "scale_init": 2.0}, shape=(2, 3, 16),
-                 desc="fixed_scale"),
+            Case(
+                init={"normalized_shape": 16, "affine": False, "scale_init": 2.0},
+                shape=(2, 3, 16),
+                desc="fixed_scale",
+            ),
         ),
         functional=lambda x, m: NF.scale_norm(x, m.normalized_shape, m.scale, m.eps),
         layout=LAST_DIM,
@@ -194,9 +209,13 @@ ENTRIES = (
         reference=ref_dyt,
         cases=(
             Case(init={"normalized_shape": 16}, shape=(4, 16), scale=3.0),
-            Case(init={"normalized_shape": 6, "channels_last": False, "alpha_init": 0.8}, shape=(2, 6, 3, 3),
-                 desc="channels_first", scale=3.0,
-                 layout=Layout(feature_arg="normalized_shape", feature_axis=1, min_rank=2)),
+            Case(
+                init={"normalized_shape": 6, "channels_last": False, "alpha_init": 0.8},
+                shape=(2, 6, 3, 3),
+                desc="channels_first",
+                scale=3.0,
+                layout=Layout(feature_arg="normalized_shape", feature_axis=1, min_rank=2),
+            ),
             Case(init={"normalized_shape": 16, "elementwise_affine": False}, shape=(3, 16), desc="no_affine"),
         ),
         functional=lambda x, m: NF.dyt(x, m.alpha, m.weight, m.bias, m.channels_last),
@@ -211,8 +230,12 @@ ENTRIES = (
             Case(init={"num_features": 6}, shape=(4, 6, 5), desc="ncl"),
             Case(init={"num_features": 6, "momentum": None}, shape=(4, 6, 5), desc="cumulative"),
             Case(init={"num_features": 6}, shape=(4, 6, 5), desc="eval", train=False),
-            Case(init={"num_features": 6, "affine": False, "track_running_stats": False}, shape=(5, 6),
-                 desc="stateless", train=False),
+            Case(
+                init={"num_features": 6, "affine": False, "track_running_stats": False},
+                shape=(5, 6),
+                desc="stateless",
+                train=False,
+            ),
         ),
         functional=_bn_functional,
         layout=_BN1D,
@@ -236,7 +259,11 @@ ENTRIES = (
         cases=(
             Case(init={"num_channels": 8, "num_groups": 4}, shape=(2, 8, 4, 4), offset=0.5),
             Case(init={"num_channels": 6, "num_groups": 1}, shape=(3, 6, 5), desc="one_group"),
-            Case(init={"num_channels": 6, "num_groups": 6, "affine": False}, shape=(2, 6, 7), desc="per_channel"),
+            Case(
+                init={"num_channels": 6, "num_groups": 6, "affine": False},
+                shape=(2, 6, 7),
+                desc="per_channel",
+            ),
         ),
         functional=lambda x, m: NF.group_norm(x, m.num_groups, m.weight, m.bias, m.eps),
         layout=_CHANNELS,

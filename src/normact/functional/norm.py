@@ -169,8 +169,12 @@ def batch_norm(
     if x.dim() < 2:
         raise ValueError(f"batch_norm expects an input of shape (N, C, *), got shape {tuple(x.shape)}")
     check_eps(eps)
-    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
-                    ("bias", bias)):
+    for name, t in (
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+        ("weight", weight),
+        ("bias", bias),
+    ):
         if t is not None:
             check_channels(x, 1, t.numel(), "batch_norm", f"(N, C, *) with C = {name}.numel()")
     if training:
@@ -215,9 +219,7 @@ def group_norm(
     if x.dim() < 2:
         raise ValueError(f"group_norm expects an input of shape (N, C, *), got shape {tuple(x.shape)}")
     if x.shape[1] % num_groups:
-        raise ValueError(
-            f"group_norm expects C divisible by num_groups={num_groups}, got input shape {tuple(x.shape)}"
-        )
+        raise ValueError(f"group_norm expects C divisible by num_groups={num_groups}, got input shape {tuple(x.shape)}")
     for t in (weight, bias):
         if t is not None:
             check_channels(x, 1, t.numel(), "group_norm", "(N, C, *)")
@@ -250,9 +252,7 @@ def instance_norm(
         if t is not None:
             check_channels(x, 1, t.numel(), "instance_norm", "(N, C, *)")
     if use_input_stats and math.prod(x.shape[2:]) <= 1:
-        raise ValueError(
-            f"instance_norm needs more than 1 spatial value per channel, got input shape {tuple(x.shape)}"
-        )
+        raise ValueError(f"instance_norm needs more than 1 spatial value per channel, got input shape {tuple(x.shape)}")
     if x.dtype in (torch.float16, torch.bfloat16):
         mean32, var32 = _f32(running_mean), _f32(running_var)
         y = F.instance_norm(x.float(), mean32, var32, _f32(weight), _f32(bias), use_input_stats, momentum, eps)

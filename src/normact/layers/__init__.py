@@ -28,8 +28,8 @@ __all__ = [
     "RMSNormPaper",
     "ReLU",
     "ReLU2",
-    "SiLU",
     "ScaleNorm",
+    "SiLU",
     "SwiGLU",
     "Swish",
 ]

@@ -157,7 +157,7 @@ def check_detects_perturbation(entry: LayerEntry, case: Case) -> None:
         raise AssertionError(f"{entry.name}[{case.id}]: an output scaled by 1.001 still matches the reference")
     module = prepared(entry, case)
     base = _output(copy.deepcopy(module)(x))
-    for name, p in module.named_parameters():
+    for name, _ in module.named_parameters():
         changed = copy.deepcopy(module)
         with torch.no_grad():
             dict(changed.named_parameters())[name].add_(0.1)
@@ -284,7 +284,11 @@ def check_factory_kwargs(entry: LayerEntry, case: Case) -> None:
 
 
 def _expect_error(
-    entry: LayerEntry, what: str, fn: Callable[[], Any], kinds: tuple[type[Exception], ...], needles: tuple[str, ...]
+    entry: LayerEntry,
+    what: str,
+    fn: Callable[[], Any],
+    kinds: tuple[type[Exception], ...],
+    needles: tuple[str, ...],
 ) -> None:
     try:
         fn()
@@ -298,8 +302,7 @@ def _expect_error(
         return
     except Exception as err:
         raise AssertionError(
-            f"{entry.name}: {what} raised {type(err).__name__} (expected {'/'.join(k.__name__ for k in kinds)}): "
-            f"{err}"
+            f"{entry.name}: {what} raised {type(err).__name__} (expected {'/'.join(k.__name__ for k in kinds)}): {err}"
         ) from err
     raise AssertionError(f"{entry.name}: {what} was accepted")
 
@@ -319,7 +322,11 @@ def check_bad_input(entry: LayerEntry, case: Case) -> None:
         wrong[layout.feature_axis] += 1
         bad = torch.randn(wrong, dtype=torch.float64)
         _expect_error(
-            entry, f"input of shape {tuple(wrong)}", lambda: module(bad), (ValueError,), (str(expected), "shape")
+            entry,
+            f"input of shape {tuple(wrong)}",
+            lambda: module(bad),
+            (ValueError,),
+            (str(expected), "shape"),
         )
     if layout.even_axis is not None:
         wrong = list(shape)
@@ -346,7 +353,11 @@ def check_bad_init(entry: LayerEntry, case: Case) -> None:
     for kwargs in bad:
         init = {**case.init, **kwargs}
         _expect_error(
-            entry, f"construction with {kwargs}", lambda i=init: entry.info.factory(**i), (ValueError, TypeError), ()
+            entry,
+            f"construction with {kwargs}",
+            lambda i=init: entry.info.factory(**i),
+            (ValueError, TypeError),
+            (),
         )
 
 

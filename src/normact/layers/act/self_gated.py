@@ -146,8 +146,7 @@ class Swish(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"dim={self.dim}, beta_init={self.beta_init}, learnable={self.learnable}, "
-            f"channel_axis={self.channel_axis}"
+            f"dim={self.dim}, beta_init={self.beta_init}, learnable={self.learnable}, channel_axis={self.channel_axis}"
         )
 
 

@@ -60,9 +60,7 @@ class GroupNorm(nn.Module):
         self.num_channels = check_int("num_channels", num_channels)
         self.num_groups = check_int("num_groups", num_groups)
         if self.num_channels % self.num_groups:
-            raise ValueError(
-                f"num_channels={self.num_channels} must be divisible by num_groups={self.num_groups}"
-            )
+            raise ValueError(f"num_channels={self.num_channels} must be divisible by num_groups={self.num_groups}")
         self.eps = check_eps(eps)
         self.affine = bool(affine)
         if self.affine:

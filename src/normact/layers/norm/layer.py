@@ -163,7 +163,10 @@ class RMSNorm(_LastDimNorm):
     paper=papers.RMS_NORM,
     formula="y = x / (||x||_2 / sqrt(d) + eps) * weight (+ bias), over the last dims (eps outside the root)",
     functional=NF.rms_norm_paper,
-    params=(Param("weight", "normalized_shape", "1"), Param("bias", "normalized_shape", "0 (bias=True only)")),
+    params=(
+        Param("weight", "normalized_shape", "1"),
+        Param("bias", "normalized_shape", "0 (bias=True only)"),
+    ),
 )
 class RMSNormPaper(_LastDimNorm):
     r"""RMSNorm as defined by the paper's code (Zhang & Sennrich, 2019, arXiv:1910.07467).

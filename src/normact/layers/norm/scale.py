@@ -60,9 +60,7 @@ class ScaleNorm(nn.Module):
         self.eps = check_eps(eps)
         self.affine = bool(affine)
         self.scale_init = (
-            math.sqrt(math.prod(self.normalized_shape))
-            if scale_init is None
-            else check_float("scale_init", scale_init)
+            math.sqrt(math.prod(self.normalized_shape)) if scale_init is None else check_float("scale_init", scale_init)
         )
         scale = torch.empty((), device=device, dtype=dtype)
         if self.affine:

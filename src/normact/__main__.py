@@ -1,0 +1,5 @@
+"""``python -m normact`` runs the command line."""
+
+from normact.cli import main
+
+main()
