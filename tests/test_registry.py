@@ -107,11 +107,11 @@ def test_layer_type_convention(layer):
 def test_resolve_accepts_foreign_classes_and_rejects_others():
     assert normact.resolve(nn.LayerNorm) is nn.LayerNorm
     assert normact.create(_Custom, 3, scale=2.0).scale == 2.0
-    with pytest.raises(TypeError, match="nn.Module"):
+    with pytest.raises(TypeError, match=r"nn\.Module"):
         normact.resolve(int)
     with pytest.raises(TypeError, match="registry name"):
         normact.resolve(3)
-    with pytest.raises(TypeError, match="not an nn.Module"):
+    with pytest.raises(TypeError, match=r"not an nn\.Module"):
         normact.create(lambda: 3)
 
 
@@ -123,7 +123,7 @@ def test_register_rejects_duplicates_and_bad_kinds():
         register("brand_new", kind="normalization", paper=paper, formula="f", functional=lambda x: x)
     with pytest.raises(ValueError, match="lower snake case"):
         register("BrandNew", kind="norm", paper=paper, formula="f", functional=lambda x: x)
-    with pytest.raises(TypeError, match="nn.Module subclass"):
+    with pytest.raises(TypeError, match=r"nn\.Module subclass"):
         register("brand_new2", kind="norm", paper=paper, formula="f", functional=lambda x: x)(int)
 
 

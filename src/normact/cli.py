@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 
 def _build_app() -> Any:
@@ -37,16 +37,17 @@ def _build_app() -> Any:
 
     @app.callback()
     def main_options(
-        version: bool = typer.Option(
-            False, "--version", callback=version_callback, is_eager=True, help="Print the version and exit."
-        ),
+        version: Annotated[
+            bool,
+            typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version and exit."),
+        ] = False,
     ) -> None:
         """normact: the PyTorch lab for normalization layers and activation functions."""
 
     @app.command("list")
     def list_command(
-        kind: str | None = typer.Option(None, "--kind", "-k", help=f"Only one kind: {', '.join(KINDS)}."),
-        as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+        kind: Annotated[str | None, typer.Option("--kind", "-k", help=f"Only one kind: {', '.join(KINDS)}.")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     ) -> None:
         """List the registered layers: name, kind, paper and year."""
         try:
@@ -67,8 +68,8 @@ def _build_app() -> Any:
 
     @app.command("info")
     def info_command(
-        name: str = typer.Argument(..., help="A registry name (case- and underscore-insensitive)."),
-        as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a report."),
+        name: Annotated[str, typer.Argument(help="A registry name (case- and underscore-insensitive).")],
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a report.")] = False,
     ) -> None:
         """Show a layer's formula, paper, parameters and properties."""
         try:
@@ -100,7 +101,9 @@ def _build_app() -> Any:
 
     @app.command("catalog")
     def catalog_command(
-        out: Path | None = typer.Option(None, "--out", "-o", help="Write the Markdown here instead of printing."),
+        out: Annotated[
+            Path | None, typer.Option("--out", "-o", help="Write the Markdown here instead of printing.")
+        ] = None,
     ) -> None:
         """Print (or write) the Markdown catalog of every registered layer."""
         text = catalog_markdown()
