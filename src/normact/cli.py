@@ -3,7 +3,6 @@
 Needs the ``cli`` extra (typer and rich): ``pip install 'normact[cli]'``.
 """
 
-from __future__ import annotations
 
 import json
 import sys
