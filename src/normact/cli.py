@@ -3,7 +3,6 @@
 Needs the ``cli`` extra (typer and rich): ``pip install 'normact[cli]'``.
 """
 
-
 import json
 import sys
 from pathlib import Path
