@@ -61,6 +61,8 @@ def check_eps(eps: object, *, allow_none: bool = False) -> float | None:
     """``eps`` must be a finite number > 0 (or ``None`` where the layer defines a dtype default)."""
     if eps is None and allow_none:
         return None
+    if type(eps) is float and 0.0 < eps < float("inf"):
+        return eps  # fast path for the per-call check in functional forms
     return check_float("eps", eps, positive=True)
 
 
@@ -73,6 +75,8 @@ def check_momentum(momentum: object) -> float | None:
 
 def normalize_shape(normalized_shape: ShapeLike, name: str = "normalized_shape") -> tuple[int, ...]:
     """An int or a sequence of positive ints, as a tuple (torch.nn.LayerNorm's rule)."""
+    if type(normalized_shape) is tuple and all(type(d) is int and d > 0 for d in normalized_shape) and normalized_shape:
+        return normalized_shape  # fast path: the per-call re-check of a module's own, already checked shape
     if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
         dims: tuple[object, ...] = (normalized_shape,)
     elif isinstance(normalized_shape, Sequence | torch.Size):

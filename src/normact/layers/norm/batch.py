@@ -85,8 +85,10 @@ class _BatchNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         name = type(self).__name__
         check_tensor(x, name)
-        check_rank(x, self._ranks, name, self._layout.format(C=self.num_features))
-        check_channels(x, 1, self.num_features, name, self._layout.format(C=self.num_features))
+        if x.dim() not in self._ranks or x.shape[1] != self.num_features:
+            layout = self._layout.format(C=self.num_features)
+            check_rank(x, self._ranks, name, layout)
+            check_channels(x, 1, self.num_features, name, layout)
         update = self.training and self.track_running_stats
         if update:
             self.num_batches_tracked.add_(1)
