@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 
 import normact
-from normact.testing import CASE_CHECKS, check_compile, check_contract, check_reference
+from normact.testing import CASE_CHECKS, check_compile, check_contract, check_dtypes, check_reference
 from normact.testing.strategies import cases
 from tests.entries import ENTRIES
 
@@ -50,11 +50,13 @@ def test_compile_inductor(entry, case):
 
 @pytest.mark.parametrize("name", sorted(ENTRIES))
 def test_shapes_property(name):
-    """For random valid shapes and feature counts, the float64 output matches the reference."""
+    """For random valid shapes and feature counts, the float64 output (and the functional form) matches the
+    reference, and float32/bfloat16/float16 stay within tolerance with finite outputs and gradients."""
     entry = ENTRIES[name]
 
     @given(cases(entry))
     def run(case):
         check_reference(entry, case)
+        check_dtypes(entry, case)
 
     run()

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from normact import functional as NF
-from normact._checks import check_channels, check_float, check_int, check_tensor, check_trailing
+from normact._checks import check_channels, check_float, check_tensor, check_trailing, normalize_shape
 from normact.layers import papers
 from normact.registry import Param, register
 
@@ -38,7 +38,7 @@ class DyT(nn.Module):
     ``weight`` and ``bias`` (and ``alpha``, as the official ``DynamicTanh``).
 
     Args:
-        normalized_shape: the channel count C.
+        normalized_shape: the channel count C (an int, or a 1-tuple as LayerNorm's ``normalized_shape``).
         alpha_init: initial value of ``alpha``. Default: 0.5.
         elementwise_affine: learn ``weight`` and ``bias``. Default: True.
         bias: learn ``bias`` (with ``elementwise_affine``). Default: True.
@@ -52,7 +52,7 @@ class DyT(nn.Module):
 
     def __init__(
         self,
-        normalized_shape: int,
+        normalized_shape: int | tuple[int],
         alpha_init: float = 0.5,
         elementwise_affine: bool = True,
         bias: bool = True,
@@ -62,7 +62,10 @@ class DyT(nn.Module):
     ) -> None:
         super().__init__()
         factory_kwargs = {"device": device, "dtype": dtype}
-        self.normalized_shape = check_int("normalized_shape", normalized_shape)
+        shape = normalize_shape(normalized_shape)
+        if len(shape) != 1:
+            raise ValueError(f"DyT scales one channel dim: normalized_shape must be an int or a 1-tuple, got {shape}")
+        self.normalized_shape = shape[0]
         self.alpha_init = check_float("alpha_init", alpha_init)
         self.elementwise_affine = bool(elementwise_affine)
         self.channels_last = bool(channels_last)
