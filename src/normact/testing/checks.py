@@ -11,7 +11,7 @@ import copy
 import inspect
 import io
 import pickle
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -65,17 +65,8 @@ def snapshot(module: nn.Module) -> Params:
     for name, p in module.named_parameters(recurse=True):
         out[name] = p.detach().clone().double()
     for name, b in module.named_buffers(recurse=True):
-        out[name] = None if b is None else (b.detach().clone().double() if b.is_floating_point() else b.clone())
-    for name in _none_tensors(module):
-        out.setdefault(name, None)
+        out[name] = b.detach().clone().double() if b.is_floating_point() else b.clone()
     return out
-
-
-def _none_tensors(module: nn.Module) -> Iterator[str]:
-    for prefix, m in module.named_modules():
-        for key, value in list(m._parameters.items()) + list(m._buffers.items()):
-            if value is None:
-                yield f"{prefix}.{key}" if prefix else key
 
 
 def call_reference(entry: LayerEntry, case: Case, x: Tensor, params: Params) -> tuple[Tensor, dict[str, Tensor]]:

@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from normact.registry import LayerInfo, get_info
 
 Params = dict[str, Tensor | None]
-"""Named parameters and buffers of a layer (float64 copies taken before the forward pass)."""
+"""Named parameters and buffers of a layer (float64 copies taken before the forward pass); disabled ones
+(registered as ``None``) are absent, so references use ``params.get(name)``."""
 
 Reference = Callable[[Tensor, Params, dict[str, Any]], "Tensor | tuple[Tensor, dict[str, Tensor]]"]
 """``reference(x, params, hparams)``: the layer's output in float64, optionally with the buffers it should
