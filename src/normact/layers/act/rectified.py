@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from normact import functional as NF
 from normact.layers import papers
+from normact.layers.act._base import InplaceActivation
 from normact.registry import register
 
 __all__ = ["ReLU", "ReLU2"]
@@ -20,7 +21,7 @@ __all__ = ["ReLU", "ReLU2"]
     smooth=False,
     monotonic=True,
 )
-class ReLU(nn.Module):
+class ReLU(InplaceActivation):
     r"""Rectified linear unit (Nair & Hinton, 2010; no arXiv id).
 
     .. math::
@@ -30,17 +31,8 @@ class ReLU(nn.Module):
         inplace: overwrite the input. Default: False.
     """
 
-    __constants__ = ["inplace"]
-
-    def __init__(self, inplace: bool = False) -> None:
-        super().__init__()
-        self.inplace = bool(inplace)
-
     def forward(self, x: Tensor) -> Tensor:
         return NF.relu(x, self.inplace)
-
-    def extra_repr(self) -> str:
-        return f"inplace={self.inplace}" if self.inplace else ""
 
 
 @register(

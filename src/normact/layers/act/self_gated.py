@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from normact import functional as NF
 from normact._checks import check_float, check_int
 from normact.layers import papers
+from normact.layers.act._base import InplaceActivation
 from normact.registry import Param, register
 
 __all__ = ["GELU", "GoLU", "Mish", "SiLU", "Swish"]
@@ -64,7 +65,7 @@ class GELU(nn.Module):
     functional=NF.silu,
     aliases=("swish1",),
 )
-class SiLU(nn.Module):
+class SiLU(InplaceActivation):
     r"""Sigmoid-weighted linear unit, Swish-1 (Elfwing, Uchibe & Doya, 2017, arXiv:1702.03118).
 
     .. math::
@@ -74,17 +75,8 @@ class SiLU(nn.Module):
         inplace: overwrite the input. Default: False.
     """
 
-    __constants__ = ["inplace"]
-
-    def __init__(self, inplace: bool = False) -> None:
-        super().__init__()
-        self.inplace = bool(inplace)
-
     def forward(self, x: Tensor) -> Tensor:
         return NF.silu(x, self.inplace)
-
-    def extra_repr(self) -> str:
-        return f"inplace={self.inplace}" if self.inplace else ""
 
 
 @register(
@@ -157,7 +149,7 @@ class Swish(nn.Module):
     formula="f(x) = x * tanh(softplus(x)) = x * tanh(ln(1 + e^x))",
     functional=NF.mish,
 )
-class Mish(nn.Module):
+class Mish(InplaceActivation):
     r"""Mish (Misra, 2019, arXiv:1908.08681).
 
     .. math::
@@ -167,17 +159,8 @@ class Mish(nn.Module):
         inplace: overwrite the input. Default: False.
     """
 
-    __constants__ = ["inplace"]
-
-    def __init__(self, inplace: bool = False) -> None:
-        super().__init__()
-        self.inplace = bool(inplace)
-
     def forward(self, x: Tensor) -> Tensor:
         return NF.mish(x, self.inplace)
-
-    def extra_repr(self) -> str:
-        return f"inplace={self.inplace}" if self.inplace else ""
 
 
 @register(

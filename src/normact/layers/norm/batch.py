@@ -8,6 +8,12 @@ from torch import Tensor, nn
 from normact import functional as NF
 from normact._checks import check_channels, check_eps, check_int, check_momentum, check_rank, check_tensor
 from normact.layers import papers
+from normact.layers.norm._channel import (
+    add_channel_affine,
+    add_running_stats,
+    reset_channel_affine,
+    reset_running_stats,
+)
 from normact.registry import Param, register
 
 __all__ = ["BatchNorm1d", "BatchNorm2d"]
@@ -49,38 +55,18 @@ class _BatchNorm(nn.Module):
         self.momentum = check_momentum(momentum)
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
-        if self.affine:
-            self.weight = nn.Parameter(torch.empty(self.num_features, **factory_kwargs))
-            self.bias = nn.Parameter(torch.empty(self.num_features, **factory_kwargs))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        if self.track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(self.num_features, **factory_kwargs))
-            self.register_buffer("running_var", torch.ones(self.num_features, **factory_kwargs))
-            self.register_buffer(
-                "num_batches_tracked",
-                torch.tensor(0, dtype=torch.long, device=device),
-            )
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
+        add_channel_affine(self, self.num_features, self.affine, factory_kwargs)
+        add_running_stats(self, self.num_features, self.track_running_stats, factory_kwargs, count=True)
         self.reset_parameters()
 
     def reset_running_stats(self) -> None:
         """running_mean = 0, running_var = 1, num_batches_tracked = 0."""
-        if self.track_running_stats:
-            self.running_mean.zero_()
-            self.running_var.fill_(1)
-            self.num_batches_tracked.zero_()
+        reset_running_stats(self)
 
     def reset_parameters(self) -> None:
         """Running statistics reset; weight = 1, bias = 0."""
-        self.reset_running_stats()
-        if self.affine:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+        reset_running_stats(self)
+        reset_channel_affine(self)
 
     def forward(self, x: Tensor) -> Tensor:
         name = type(self).__name__

@@ -8,6 +8,12 @@ from torch import Tensor, nn
 from normact import functional as NF
 from normact._checks import check_channels, check_eps, check_int, check_momentum, check_rank, check_tensor
 from normact.layers import papers
+from normact.layers.norm._channel import (
+    add_channel_affine,
+    add_running_stats,
+    reset_channel_affine,
+    reset_running_stats,
+)
 from normact.registry import Param, register
 
 __all__ = ["GroupNorm", "InstanceNorm2d"]
@@ -63,19 +69,12 @@ class GroupNorm(nn.Module):
             raise ValueError(f"num_channels={self.num_channels} must be divisible by num_groups={self.num_groups}")
         self.eps = check_eps(eps)
         self.affine = bool(affine)
-        if self.affine:
-            self.weight = nn.Parameter(torch.empty(self.num_channels, **factory_kwargs))
-            self.bias = nn.Parameter(torch.empty(self.num_channels, **factory_kwargs))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        add_channel_affine(self, self.num_channels, self.affine, factory_kwargs)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """weight = 1, bias = 0."""
-        if self.affine:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+        reset_channel_affine(self)
 
     def forward(self, x: Tensor) -> Tensor:
         check_tensor(x, "GroupNorm")
@@ -145,28 +144,14 @@ class InstanceNorm2d(nn.Module):
         self.momentum = momentum
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
-        if self.affine:
-            self.weight = nn.Parameter(torch.empty(self.num_features, **factory_kwargs))
-            self.bias = nn.Parameter(torch.empty(self.num_features, **factory_kwargs))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        if self.track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(self.num_features, **factory_kwargs))
-            self.register_buffer("running_var", torch.ones(self.num_features, **factory_kwargs))
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
+        add_channel_affine(self, self.num_features, self.affine, factory_kwargs)
+        add_running_stats(self, self.num_features, self.track_running_stats, factory_kwargs, count=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """weight = 1, bias = 0; running_mean = 0, running_var = 1."""
-        if self.track_running_stats:
-            self.running_mean.zero_()
-            self.running_var.fill_(1)
-        if self.affine:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+        reset_running_stats(self)
+        reset_channel_affine(self)
 
     def forward(self, x: Tensor) -> Tensor:
         check_tensor(x, "InstanceNorm2d")
