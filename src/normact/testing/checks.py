@@ -426,26 +426,3 @@ def run_all(entry: LayerEntry, compile_backend: str = "aot_eager") -> None:
                 check_compile(entry, case, compile_backend)
             else:
                 check(entry, case)
-
-
-__all__ = [
-    "CASE_CHECKS",
-    "LOW_DTYPES",
-    "assert_close",
-    "away_from_kinks",
-    "check_bad_init",
-    "check_bad_input",
-    "check_compile",
-    "check_constant_input",
-    "check_contract",
-    "check_detects_perturbation",
-    "check_dtypes",
-    "check_factory_kwargs",
-    "check_gradients",
-    "check_inplace",
-    "check_reference",
-    "check_serialization",
-    "default_perturb",
-    "prepared",
-    "snapshot",
-]
