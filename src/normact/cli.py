@@ -299,9 +299,10 @@ def _add_bench_commands(app: Any, console: Any, err: Any) -> None:
         db: Annotated[Path, typer.Option(help="SQLite results database.")] = Path("normact-bench.db"),
         as_json: Annotated[bool, typer.Option("--json", help="Every stored trial as JSON.")] = False,
         as_csv: Annotated[bool, typer.Option("--csv", help="One CSV row per stored trial.")] = False,
+        as_markdown: Annotated[bool, typer.Option("--markdown", help="Leaderboards as Markdown tables.")] = False,
     ) -> None:
         """Print the stored results as leaderboards, or export them (--json, --csv)."""
-        from normact.bench.report import leaderboard, lr_stability
+        from normact.bench.report import leaderboard, leaderboard_markdown, lr_stability
         from normact.bench.store import ResultStore
 
         if not db.exists():
@@ -344,6 +345,9 @@ def _add_bench_commands(app: Any, console: Any, err: Any) -> None:
             writer.writeheader()
             for r in results:
                 writer.writerow({**r["spec"], **{k: v for k, v in r.items() if k != "spec"}})
+            return
+        if as_markdown:
+            print("\n".join(leaderboard_markdown(rs, title) for title, rs in _study_groups(results).items()), end="")
             return
         console.print(f"{len(results)} trials in {db}")
         for title, rs in _study_groups(results).items():

@@ -34,6 +34,8 @@ def test_bench_prints_a_leaderboard_then_results_exports(app, tmp_path):
     assert len(exported) == 4 and {r["spec"]["norm"] for r in exported} == {"none", "batchnorm", "layernorm", "dyt"}
     rows = list(csv.DictReader(io.StringIO(runner.invoke(app, ["results", "--db", str(db), "--csv"]).output)))
     assert len(rows) == 4 and rows[0]["task"] == "digits" and rows[0]["test_accuracy"]
+    markdown = runner.invoke(app, ["results", "--db", str(db), "--markdown"]).output
+    assert markdown.startswith("### digits / cnn") and "| 1 |" in markdown and "test_accuracy (mean ± std)" in markdown
     table = runner.invoke(app, ["results", "--db", str(db)])
     assert "4 trials" in table.output and "batchnorm" in table.output
 

@@ -126,3 +126,31 @@ def test_bad_model_arguments():
         build_model("lstm", norm="none", act="relu", in_shape=(1, 8, 8), num_classes=10)
     with pytest.raises(ValueError, match="image tasks"):
         build_model("cnn", norm="none", act="relu", vocab_size=10)
+
+
+def test_user_cifar10_folder(tmp_path):
+    import pickle
+
+    rng = np.random.default_rng(0)
+    for name, n in [("data_batch_1", 12), ("data_batch_2", 8), ("test_batch", 5)]:
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, n))}
+        (tmp_path / name).write_bytes(pickle.dumps(batch))
+    data = load_task(f"cifar10:{tmp_path}")
+    assert data.x_train.shape == (20, 3, 32, 32) and data.x_test.shape == (5, 3, 32, 32)
+    with pytest.raises(DataUnavailableError, match="CIFAR-100"):
+        load_task(f"cifar100:{tmp_path}")
+
+
+def test_user_image_folder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 3), ("test", 2)):
+        for cls in ("cat", "dog"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+                    tmp_path / split / cls / f"{i}.png"
+                )
+    data = load_task(f"folder:{tmp_path}")
+    assert data.x_train.shape == (6, 3, 8, 8) and data.num_classes == 2 and data.y_test.tolist() == [0, 0, 1, 1]

@@ -215,3 +215,38 @@ def _save(fig: Any, path: Path) -> Path:
     fig.savefig(tmp, dpi=110)
     tmp.replace(path)
     return path
+
+
+def leaderboard_markdown(results: Sequence[Mapping[str, Any]], title: str) -> str:
+    """A leaderboard (and the learning-rate stability, when several lrs ran) as Markdown tables."""
+    rows = leaderboard(results)
+    if not rows:
+        return ""
+    metric = rows[0].metric
+    lines = [
+        f"### {title}",
+        "",
+        f"| # | norm | act | lr | {metric} (mean ± std) | seeds | diverged | vs best (Welch p) "
+        f"| {rows[0].unit} | time s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        mean = "-" if r.mean is None else f"{r.mean:.4f} ± {r.std or 0:.4f}"
+        versus = r.versus_best + (f" ({r.p_value:.2f})" if r.p_value is not None else "")
+        tp = "-" if r.throughput is None else f"{r.throughput:,.0f}"
+        lines.append(
+            f"| {r.rank} | {r.spec['norm']} | {r.spec['act']} | {r.spec['lr']:g} | {mean} | {r.seeds} | {r.diverged} "
+            f"| {versus} | {tp} | {r.wall_time_s:.1f} |"
+        )
+    stability = lr_stability(results)
+    if stability:
+        lines += [
+            "",
+            "| norm | act | optimizer | largest lr where every seed trained | seeds trained per lr |",
+            "|---|---|---|---|---|",
+        ]
+        for s in stability:
+            per_lr = ", ".join(f"{lr:g}: {n}/{s['seeds'][lr]}" for lr, n in s["trained"].items())
+            best = "none" if s["max_stable_lr"] is None else f"{s['max_stable_lr']:g}"
+            lines.append(f"| {s['norm']} | {s['act']} | {s['optimizer']} | {best} | {per_lr} |")
+    return "\n".join(lines) + "\n"
