@@ -206,6 +206,7 @@ def _add_bench_commands(app: Any, console: Any, err: Any) -> None:
         steps: Annotated[int | None, typer.Option(help="Optimizer steps per trial.")] = None,
         batch_size: Annotated[int | None, typer.Option(help="Mini-batch size.")] = None,
         optimizer: Annotated[str | None, typer.Option(help="adamw or sgd (momentum 0.9).")] = None,
+        device: Annotated[str | None, typer.Option(help="Torch device for the trials (cpu, cuda, ...).")] = None,
         db: Annotated[Path, typer.Option(help="SQLite results database (runs resume from it).")] = Path(
             "normact-bench.db"
         ),
@@ -248,6 +249,7 @@ def _add_bench_commands(app: Any, console: Any, err: Any) -> None:
                 steps=steps,
                 batch_size=batch_size,
                 optimizer=optimizer,
+                device=device,
             )
             if task is not None or model is not None:
                 task_name = task or "mnist"

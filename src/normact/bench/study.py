@@ -26,6 +26,7 @@ class Study:
     batch_size: int = 64
     optimizer: str = "adamw"
     train_size: int | None = None
+    device: str = "cpu"
     model_options: Mapping[str, Any] = field(default_factory=dict)
     claim: str = ""
 
@@ -46,6 +47,7 @@ class Study:
                 batch_size=self.batch_size,
                 optimizer=self.optimizer,
                 train_size=self.train_size,
+                device=self.device,
                 model_options=dict(self.model_options),
             )
             for norm, act, lr, seed in itertools.product(self.norms, self.acts, self.lrs, self.seeds)

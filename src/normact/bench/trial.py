@@ -44,6 +44,7 @@ class TrialSpec:
     train_size: int | None = None  # image tasks: use the first N training images (None: all)
     eval_batches: int = 20  # text tasks: validation batches (fixed across trials)
     log_every: int = 10
+    device: str = "cpu"  # "cuda" etc.; part of the key (results on other devices differ in the last bits)
     model_options: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,25 +90,26 @@ def _peak_memory_mb() -> float:
 
 
 def _image_batches(data: ImageData, spec: TrialSpec, gen: torch.Generator):
+    """Mini-batches drawn on the CPU generator (the same indices on every device), moved to the device."""
     n = len(data.x_train) if spec.train_size is None else min(spec.train_size, len(data.x_train))
     while True:
         idx = torch.randint(0, n, (spec.batch_size,), generator=gen)
-        yield data.x_train[idx], data.y_train[idx]
+        yield data.x_train[idx].to(spec.device), data.y_train[idx].to(spec.device)
 
 
-def _text_batch(ids: torch.Tensor, batch: int, context: int, gen: torch.Generator):
+def _text_batch(ids: torch.Tensor, batch: int, context: int, gen: torch.Generator, device: str = "cpu"):
     start = torch.randint(0, len(ids) - context - 1, (batch,), generator=gen)
     offsets = torch.arange(context + 1)
-    window = ids[start[:, None] + offsets]
+    window = ids[start[:, None] + offsets].to(device)
     return window[:, :-1], window[:, 1:]
 
 
 @torch.no_grad()
-def _evaluate_image(model: nn.Module, data: ImageData) -> dict[str, float]:
+def _evaluate_image(model: nn.Module, data: ImageData, device: str) -> dict[str, float]:
     model.eval()
     correct, loss_sum = 0, 0.0
     for i in range(0, len(data.x_test), 512):
-        x, y = data.x_test[i : i + 512], data.y_test[i : i + 512]
+        x, y = data.x_test[i : i + 512].to(device), data.y_test[i : i + 512].to(device)
         logits = model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += int((logits.argmax(1) == y).sum())
@@ -122,7 +124,7 @@ def _evaluate_text(model: nn.Module, data: TextData, spec: TrialSpec, context: i
     gen = torch.Generator().manual_seed(1234)  # the same validation windows for every trial
     losses = []
     for _ in range(spec.eval_batches):
-        x, y = _text_batch(data.val, spec.batch_size, context, gen)
+        x, y = _text_batch(data.val, spec.batch_size, context, gen, spec.device)
         losses.append(F.cross_entropy(model(x).flatten(0, 1), y.flatten()).item())
     model.train()
     val_loss = sum(losses) / len(losses)
@@ -132,6 +134,8 @@ def _evaluate_text(model: nn.Module, data: TextData, spec: TrialSpec, context: i
 def run_trial(spec: TrialSpec, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Train and evaluate one trial; never raises for divergence (it is recorded)."""
     torch.set_num_threads(1)
+    if spec.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(spec.device)
     start = time.perf_counter()
     data = load_task(spec.task)
     torch.manual_seed(spec.seed)
@@ -146,6 +150,7 @@ def run_trial(spec: TrialSpec, progress: ProgressFn | None = None) -> dict[str, 
         model = build_model(
             spec.model, norm=spec.norm, act=spec.act, in_shape=data.shape, num_classes=data.num_classes, **options
         )
+    model = model.to(spec.device)
     opt = _optimizer(spec, model.parameters())
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, spec.steps))
     gen = torch.Generator().manual_seed(spec.seed)
@@ -157,7 +162,7 @@ def run_trial(spec: TrialSpec, progress: ProgressFn | None = None) -> dict[str, 
     model.train()
     for step in range(spec.steps):
         if text:
-            x, y = _text_batch(data.train, spec.batch_size, context, gen)
+            x, y = _text_batch(data.train, spec.batch_size, context, gen, spec.device)
             loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
         else:
             x, y = next(batches)
@@ -182,7 +187,7 @@ def run_trial(spec: TrialSpec, progress: ProgressFn | None = None) -> dict[str, 
     units = spec.batch_size * (context if text else 1)
     metrics: dict[str, float | None]
     if diverged_at is None:
-        metrics = _evaluate_text(model, data, spec, context) if text else _evaluate_image(model, data)
+        metrics = _evaluate_text(model, data, spec, context) if text else _evaluate_image(model, data, spec.device)
         if not all(math.isfinite(v) for v in metrics.values()):
             diverged_at = spec.steps
     else:
