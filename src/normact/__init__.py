@@ -7,6 +7,7 @@
 """
 
 from normact import functional, layers
+from normact.distributed import convert_sync
 from normact.layers import *  # noqa: F403  (the layer classes)
 from normact.layers import __all__ as _layer_names
 from normact.registry import (
@@ -35,6 +36,7 @@ __all__ = [
     "Param",
     "Properties",
     "UnknownLayerError",
+    "convert_sync",
     "create",
     "functional",
     "get_info",

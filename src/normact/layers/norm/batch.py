@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from normact import functional as NF
 from normact._checks import check_channels, check_eps, check_int, check_momentum, check_rank, check_tensor
+from normact.distributed import batch_moments, sync_active
 from normact.layers import papers
 from normact.layers.norm._channel import (
     add_channel_affine,
@@ -45,10 +48,14 @@ class _BatchNorm(nn.Module):
         momentum: float | None = 0.1,
         affine: bool = True,
         track_running_stats: bool = True,
+        sync: bool = False,
+        process_group: Any = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        self.sync = bool(sync)
+        self.process_group = process_group
         factory_kwargs = {"device": device, "dtype": dtype}
         self.num_features = check_int("num_features", num_features)
         self.eps = check_eps(eps)
@@ -76,6 +83,8 @@ class _BatchNorm(nn.Module):
             check_rank(x, self._ranks, name, layout)
             check_channels(x, 1, self.num_features, name, layout)
         update = self.training and self.track_running_stats
+        if self.training and self.sync and sync_active(self.process_group):
+            return self._synced_forward(x, update)
         if update:
             self.num_batches_tracked.add_(1)
         if update and self.momentum is None:
@@ -94,6 +103,24 @@ class _BatchNorm(nn.Module):
             self.eps,
         )
 
+    def _synced_forward(self, x: Tensor, update: bool) -> Tensor:
+        """Training with batch moments over the whole process group (see normact.distributed)."""
+        dims = (0, *range(2, x.dim()))
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        mean, var, count = batch_moments(xf, dims, sync=True, process_group=self.process_group)
+        if update:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                factor = self.momentum if self.momentum is not None else 1.0 / self.num_batches_tracked.to(mean)
+                unbiased = var * count / (count - 1).clamp_min(1)
+                self.running_mean.lerp_(mean.detach().to(self.running_mean), factor)
+                self.running_var.lerp_(unbiased.detach().to(self.running_var), factor)
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        y = (xf - mean.view(view)) * torch.rsqrt(var.view(view) + self.eps)
+        if self.weight is not None:
+            y = y * self.weight.view(view) + self.bias.view(view)
+        return y.to(x.dtype)
+
     def _update_cumulative(self, x: Tensor) -> None:
         dims = (0, *range(2, x.dim()))
         xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
@@ -107,7 +134,7 @@ class _BatchNorm(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-            f"track_running_stats={self.track_running_stats}"
+            f"track_running_stats={self.track_running_stats}" + (", sync=True" if self.sync else "")
         )
 
 
@@ -127,6 +154,9 @@ _BN_DOC = r"""Batch normalization (Ioffe & Szegedy, 2015, arXiv:1502.03167) of {
         momentum: running-average factor in [0, 1], or None for a cumulative average. Default: 0.1.
         affine: learn ``weight`` (init 1) and ``bias`` (init 0). Default: True.
         track_running_stats: keep running statistics; if False, batch statistics are used in eval too.
+        sync: in training, combine the batch moments over ``process_group`` when torch.distributed is
+            initialized (SyncBatchNorm semantics; see ``normact.distributed``). Default: False.
+        process_group: the group to sync over (None: the default group).
 
     Shape:
         Input {layout}; output the same shape.
