@@ -20,6 +20,9 @@ CASES = [
     ("batchnorm2d", (8, 4, 5, 5), {"momentum": None}),
     ("batchnorm1d", (8, 6, 7), {}),
     ("batchnorm1d", (8, 6), {"affine": False}),
+    ("evonorm_b0", (8, 4, 5, 5), {}),
+    ("evonorm_b1", (8, 4, 3, 3), {"momentum": 0.3}),
+    ("evonorm_b2", (8, 4, 3, 3), {}),
 ]
 SPLIT = (3, 5)  # uneven halves: the counts, not the world size, weight each process
 
@@ -120,3 +123,14 @@ def test_convert_sync_reports_every_batch_dependent_layer():
     assert isinstance(converted_model[2], nn.SyncBatchNorm)
     assert torch.equal(converted_model[2].running_mean, torch.full((4,), 0.5))
     assert not hasattr(converted_model[3], "sync")
+
+
+def test_every_batch_dependent_layer_accepts_sync():
+    import inspect
+
+    for name in normact.list_layers():
+        info = normact.info(name)
+        if info.properties.batch_dependent:
+            params = inspect.signature(info.factory).parameters
+            assert "sync" in params and "process_group" in params, f"{name} lacks sync=/process_group="
+            assert normact.create(name, 4, sync=True).sync is True
