@@ -1,5 +1,5 @@
-"""Data parallelism for real: 2 processes on the CPU with the gloo backend, each holding half a batch,
-against 1 process holding the whole batch."""
+"""Data parallelism for real: 2 processes on the CPU with the gloo backend, each holding an uneven part of a
+batch, against 1 process holding the whole batch, for every batch-dependent layer."""
 
 from __future__ import annotations
 
@@ -23,6 +23,14 @@ CASES = [
     ("evonorm_b0", (8, 4, 5, 5), {}),
     ("evonorm_b1", (8, 4, 3, 3), {"momentum": 0.3}),
     ("evonorm_b2", (8, 4, 3, 3), {}),
+    ("batchrenorm", (8, 4, 3, 3), {}),  # r, d inside their bounds
+    ("batchrenorm", (8, 4, 3), {"r_max": 1.2, "d_max": 0.3, "momentum": None}),  # clipped
+    ("batchrenorm", (8, 5), {"affine": False}),
+    ("ibn", (8, 6, 3, 3), {}),
+    ("ibn", (8, 5, 2, 3), {"ratio": 0.4, "momentum": None}),
+    ("ibn", (8, 4, 3, 3), {"ratio": 0.0}),
+    ("bcn", (8, 8, 3, 3), {"num_groups": 4, "momentum": 0.3}),
+    ("bcn", (8, 6, 5), {"num_groups": 2, "affine": False}),
 ]
 SPLIT = (3, 5)  # uneven halves: the counts, not the world size, weight each process
 
@@ -69,8 +77,8 @@ def _worker(rank, world, port, out_dir):
             lo = 0 if rank == 0 else SPLIT[0]
             hi = SPLIT[0] if rank == 0 else shape[0]
             layer = _layer(name, shape, kwargs, sync=True)
-            for _ in range(2):  # two steps: running statistics accumulate
-                out = _step(layer, x[lo:hi], g[lo:hi])
+            for step in range(2):  # two steps: running statistics accumulate and feed back
+                out = _step(layer, x[lo:hi] + step, g[lo:hi])
             results.append(out)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -89,8 +97,8 @@ def test_two_processes_equal_one(two_process_results, index):
     name, shape, kwargs = CASES[index]
     x, g = _data(shape)
     layer = _layer(name, shape, kwargs)
-    for _ in range(2):
-        y, gx, grads, buffers = _step(layer, x, g)
+    for step in range(2):
+        y, gx, grads, buffers = _step(layer, x + step, g)
     r0, r1 = two_process_results[0][index], two_process_results[1][index]
     torch.testing.assert_close(torch.cat([r0[0], r1[0]]), y)  # outputs
     torch.testing.assert_close(torch.cat([r0[1], r1[1]]), gx)  # input gradients
@@ -101,10 +109,16 @@ def test_two_processes_equal_one(two_process_results, index):
         torch.testing.assert_close(r1[3][n], buffers[n])
 
 
-def test_sync_without_a_process_group_is_the_local_layer():
-    x = torch.randn(6, 3, 4, 4)
-    a, b = _layer("batchnorm2d", x.shape, {}, sync=True), _layer("batchnorm2d", x.shape, {})
-    torch.testing.assert_close(a.float()(x), b.float()(x))
+BATCH_DEPENDENT = [n for n in normact.list_layers() if normact.info(n).properties.batch_dependent]
+
+
+@pytest.mark.parametrize("name", BATCH_DEPENDENT)
+def test_sync_without_a_process_group_is_the_local_layer(name):
+    x = torch.randn((6, 4, 5) if name == "batchnorm1d" else (6, 4, 4, 4), dtype=torch.float64)
+    a, b = _layer(name, x.shape, {}, sync=True), _layer(name, x.shape, {})
+    torch.testing.assert_close(a(x), b(x))
+    for (key, buf_a), buf_b in zip(a.named_buffers(), b.buffers(), strict=True):
+        torch.testing.assert_close(buf_a, buf_b, msg=key)
 
 
 def test_convert_sync_reports_every_batch_dependent_layer():
