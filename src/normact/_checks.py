@@ -124,6 +124,32 @@ def check_channels(x: torch.Tensor, axis: int, channels: int, layer: str, layout
         )
 
 
+def check_channel_input(
+    x: object,
+    layer: str,
+    channels: int,
+    *,
+    ranks: Sequence[int] | None = None,
+    min_rank: int = 2,
+    axis: int = 1,
+    layout: str = "(N, {C}, *)",
+) -> None:
+    """The input check of a channel norm: a floating tensor of a valid rank (one of ``ranks``, or at least
+    ``min_rank``) with ``channels`` entries at ``axis``. ``layout`` spells the expected shape with ``{C}`` for
+    the channel count; it is only formatted when the check fails, so the common case stays cheap."""
+    check_tensor(x, layer)
+    assert isinstance(x, torch.Tensor)
+    rank_ok = x.dim() in ranks if ranks is not None else x.dim() >= min_rank
+    if rank_ok and x.shape[axis] == channels:
+        return
+    spelled = layout.format(C=channels)
+    if not rank_ok:
+        if ranks is not None:
+            check_rank(x, ranks, layer, spelled)
+        raise ValueError(f"{layer} expects an input of shape {spelled}, got shape {shape_str(x.shape)}")
+    check_channels(x, axis, channels, layer, spelled)
+
+
 def upcast(x: torch.Tensor) -> torch.Tensor:
     """float16/bfloat16 to float32 for reductions that would overflow or lose precision; others unchanged."""
     return x.float() if x.dtype in _LOW_PRECISION else x

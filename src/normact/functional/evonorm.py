@@ -21,6 +21,7 @@ from torch import Tensor
 
 from normact._checks import check_channels, check_eps, check_int, check_momentum, check_tensor, shape_str, upcast
 from normact.distributed import batch_moments, sync_active
+from normact.functional._affine import affine
 
 __all__ = [
     "evonorm_b0",
@@ -52,17 +53,9 @@ def _per_channel(t: Tensor) -> Tensor:
     return t.reshape(1, -1, 1, 1)
 
 
-def _affine(y: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
-    if weight is not None:
-        y = y * _per_channel(weight)
-    if bias is not None:
-        y = y + _per_channel(bias)
-    return y
-
-
 def _finish(y: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
     """Affine in the computation dtype, then back to the input's dtype."""
-    return _affine(y, weight, bias).to(x.dtype)
+    return affine(y, weight, bias, (1, -1, 1, 1)).to(x.dtype)
 
 
 # ------------------------------------------------------------------------------------------- B variants

@@ -23,6 +23,7 @@ from normact._checks import (
     normalize_shape,
     upcast,
 )
+from normact.functional._affine import affine
 
 __all__ = [
     "batch_norm",
@@ -91,12 +92,7 @@ def rms_norm_paper(
     dims = _last_dims(len(shape))
     d = math.prod(shape)
     rms = torch.linalg.vector_norm(xf, ord=2, dim=dims, keepdim=True) * (d**-0.5)
-    y = xf / (rms + eps)
-    if weight is not None:
-        y = y * weight
-    if bias is not None:
-        y = y + bias
-    return y.to(x.dtype)
+    return affine(xf / (rms + eps), weight, bias).to(x.dtype)
 
 
 def scale_norm(
@@ -133,16 +129,9 @@ def dyt(
     assert ref is not None
     if channels_last:
         check_trailing(x, ref.shape, "dyt")
-    else:
-        check_channels(x, 1, ref.numel(), "dyt", "(N, C, *)")
-        view = (-1,) + (1,) * (x.dim() - 2)
-        weight = weight.view(view) if weight is not None else None
-        bias = bias.view(view) if bias is not None else None
-    if weight is not None:
-        y = y * weight
-    if bias is not None:
-        y = y + bias
-    return y
+        return affine(y, weight, bias)
+    check_channels(x, 1, ref.numel(), "dyt", "(N, C, *)")
+    return affine(y, weight, bias, (-1,) + (1,) * (x.dim() - 2))
 
 
 def batch_norm(

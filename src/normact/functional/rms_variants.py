@@ -14,20 +14,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from normact._checks import check_eps, check_float, check_tensor, check_trailing, normalize_shape, upcast
+from normact.functional._affine import affine
 
 __all__ = ["crms_norm", "fix_norm", "partial_rms_norm", "simple_rms_norm"]
 
 
 def _last_dims(k: int) -> tuple[int, ...]:
     return tuple(range(-k, 0))
-
-
-def _affine(y: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
-    if weight is not None:
-        y = y * weight
-    if bias is not None:
-        y = y + bias
-    return y
 
 
 def check_p(p: object) -> float:
@@ -78,7 +71,7 @@ def partial_rms_norm(
     head = xf.flatten(-n)[..., :k]
     rms = torch.linalg.vector_norm(head, ord=2, dim=-1, keepdim=True) * (k**-0.5)
     rms = rms.view(*rms.shape[:-1], *([1] * n))
-    return _affine(xf / (rms + eps), weight, bias).to(x.dtype)
+    return affine(xf / (rms + eps), weight, bias).to(x.dtype)
 
 
 def crms_norm(
@@ -100,7 +93,7 @@ def crms_norm(
     xf = upcast(x)
     total = xf.sum(dims, keepdim=True)
     mean_square = (xf.square().sum(dims, keepdim=True) + total.square()) / (d + 1)
-    return _affine(xf * torch.rsqrt(mean_square + eps), weight, bias).to(x.dtype)
+    return affine(xf * torch.rsqrt(mean_square + eps), weight, bias).to(x.dtype)
 
 
 def fix_norm(

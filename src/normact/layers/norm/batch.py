@@ -8,7 +8,12 @@ import torch
 from torch import Tensor, nn
 
 from normact import functional as NF
-from normact._checks import check_channels, check_eps, check_int, check_momentum, check_rank, check_tensor
+from normact._checks import (
+    check_channel_input,
+    check_eps,
+    check_int,
+    check_momentum,
+)
 from normact.distributed import batch_moments, sync_active
 from normact.layers import papers
 from normact.layers.norm._channel import (
@@ -76,12 +81,7 @@ class _BatchNorm(nn.Module):
         reset_channel_affine(self)
 
     def forward(self, x: Tensor) -> Tensor:
-        name = type(self).__name__
-        check_tensor(x, name)
-        if x.dim() not in self._ranks or x.shape[1] != self.num_features:
-            layout = self._layout.format(C=self.num_features)
-            check_rank(x, self._ranks, name, layout)
-            check_channels(x, 1, self.num_features, name, layout)
+        check_channel_input(x, type(self).__name__, self.num_features, ranks=self._ranks, layout=self._layout)
         update = self.training and self.track_running_stats
         if self.training and self.sync and sync_active(self.process_group):
             return self._synced_forward(x, update)

@@ -12,13 +12,11 @@ from torch import Tensor, nn
 
 from normact import functional as NF
 from normact._checks import (
-    check_channels,
+    check_channel_input,
     check_eps,
     check_float,
     check_int,
     check_momentum,
-    check_rank,
-    check_tensor,
 )
 from normact.registry import Paper, Param, register
 
@@ -47,12 +45,7 @@ _RANKS = (2, 3, 4)
 
 
 def _check_input(module: nn.Module, x: Tensor, ranks: tuple[int, ...], layout: str) -> None:
-    name = type(module).__name__
-    check_tensor(x, name)
-    if x.dim() not in ranks or x.shape[1] != module.num_features:
-        layout = layout.format(C=module.num_features)
-        check_rank(x, ranks, name, layout)
-        check_channels(x, 1, module.num_features, name, layout)
+    check_channel_input(x, type(module).__name__, module.num_features, ranks=ranks, layout=layout)
 
 
 def _vector(n: int, present: bool, factory_kwargs: dict[str, Any]) -> nn.Parameter | None:

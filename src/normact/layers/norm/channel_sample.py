@@ -7,7 +7,11 @@ import torch
 from torch import Tensor, nn
 
 from normact import functional as NF
-from normact._checks import check_channels, check_eps, check_int, check_rank, check_tensor, shape_str
+from normact._checks import (
+    check_channel_input,
+    check_eps,
+    check_int,
+)
 from normact.layers import papers
 from normact.layers.norm._channel import add_channel_affine, reset_channel_affine
 from normact.registry import Param, register
@@ -87,11 +91,7 @@ class LayerNorm2d(_ChannelSampleNorm):
         super().__init__(num_channels, eps, affine, device, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_tensor(x, "LayerNorm2d")
-        if x.dim() != 4 or x.shape[1] != self.num_channels:
-            layout = f"(N, {self.num_channels}, H, W)"
-            check_rank(x, (4,), "LayerNorm2d", layout)
-            check_channels(x, 1, self.num_channels, "LayerNorm2d", layout)
+        check_channel_input(x, "LayerNorm2d", self.num_channels, ranks=(4,), layout="(N, {C}, H, W)")
         return NF.layer_norm2d(x, self.weight, self.bias, self.eps)
 
 
@@ -135,10 +135,5 @@ class GroupNorm1(_ChannelSampleNorm):
         super().__init__(num_channels, eps, affine, device, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_tensor(x, "GroupNorm1")
-        if x.dim() < 2 or x.shape[1] != self.num_channels:
-            layout = f"(N, {self.num_channels}, *)"
-            if x.dim() < 2:
-                raise ValueError(f"GroupNorm1 expects an input of shape {layout}, got shape {shape_str(x.shape)}")
-            check_channels(x, 1, self.num_channels, "GroupNorm1", layout)
+        check_channel_input(x, "GroupNorm1", self.num_channels)
         return NF.group_norm1(x, self.weight, self.bias, self.eps)

@@ -6,7 +6,13 @@ import torch
 from torch import Tensor, nn
 
 from normact import functional as NF
-from normact._checks import check_channels, check_float, check_tensor, check_trailing, normalize_shape
+from normact._checks import (
+    check_channel_input,
+    check_float,
+    check_tensor,
+    check_trailing,
+    normalize_shape,
+)
 from normact.layers import papers
 from normact.registry import Param, register
 
@@ -89,11 +95,11 @@ class DyT(nn.Module):
             nn.init.zeros_(self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_tensor(x, "DyT")
         if self.channels_last:
+            check_tensor(x, "DyT")
             check_trailing(x, (self.normalized_shape,), "DyT")
         else:
-            check_channels(x, 1, self.normalized_shape, "DyT", f"(N, {self.normalized_shape}, *)")
+            check_channel_input(x, "DyT", self.normalized_shape)
         return NF.dyt(x, self.alpha, self.weight, self.bias, self.channels_last)
 
     def extra_repr(self) -> str:

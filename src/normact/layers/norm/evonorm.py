@@ -9,7 +9,12 @@ import torch
 from torch import Tensor, nn
 
 from normact import functional as NF
-from normact._checks import check_channels, check_eps, check_int, check_momentum, check_rank, check_tensor
+from normact._checks import (
+    check_channel_input,
+    check_eps,
+    check_int,
+    check_momentum,
+)
 from normact.layers.norm._channel import add_channel_affine, reset_channel_affine
 from normact.registry import Paper, Param, register
 
@@ -41,12 +46,7 @@ _NO_ACT_A = "; apply_act=False drops only the gate"
 
 
 def _check_input(module: nn.Module, x: Tensor) -> None:
-    name = type(module).__name__
-    check_tensor(x, name)
-    if x.dim() != 4 or x.shape[1] != module.num_features:
-        layout = f"(N, {module.num_features}, H, W)"
-        check_rank(x, (4,), name, layout)
-        check_channels(x, 1, module.num_features, name, layout)
+    check_channel_input(x, type(module).__name__, module.num_features, ranks=(4,), layout="(N, {C}, H, W)")
 
 
 def _add_v(module: nn.Module, num_features: int, present: bool, factory_kwargs: dict) -> None:

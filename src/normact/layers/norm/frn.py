@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from normact import functional as NF
-from normact._checks import check_channels, check_eps, check_int, check_rank, check_tensor
+from normact._checks import check_channel_input, check_eps, check_int
 from normact.registry import Paper, Param, register
 
 __all__ = ["FilterResponseNorm2d"]
@@ -104,12 +104,7 @@ class FilterResponseNorm2d(nn.Module):
             nn.init.zeros_(self.tau)
 
     def forward(self, x: Tensor) -> Tensor:
-        name = type(self).__name__
-        check_tensor(x, name)
-        if x.dim() != 4 or x.shape[1] != self.num_features:
-            layout = f"(N, {self.num_features}, H, W)"
-            check_rank(x, (4,), name, layout)
-            check_channels(x, 1, self.num_features, name, layout)
+        check_channel_input(x, type(self).__name__, self.num_features, ranks=(4,), layout="(N, {C}, H, W)")
         return NF.filter_response_norm(x, self.weight, self.bias, self.tau, self.eps)
 
     def extra_repr(self) -> str:

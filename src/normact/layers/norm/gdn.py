@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from normact import functional as NF
-from normact._checks import check_channels, check_float, check_int, check_tensor, shape_str
+from normact._checks import check_channel_input, check_float, check_int
 from normact.registry import Paper, Param, register
 
 __all__ = ["GDN", "IGDN"]
@@ -144,12 +144,7 @@ class GDN(nn.Module):
             self.gamma.diagonal().fill_(math.sqrt(self.gamma_init + pedestal))
 
     def forward(self, x: Tensor) -> Tensor:
-        name = type(self).__name__
-        check_tensor(x, name)
-        layout = f"(N, {self.num_features}, *)"
-        if x.dim() < 2:
-            raise ValueError(f"{name} expects an input of shape {layout}, got shape {shape_str(x.shape)}")
-        check_channels(x, 1, self.num_features, name, layout)
+        check_channel_input(x, type(self).__name__, self.num_features)
         return NF.generalized_divisive_norm(
             x, self.beta, self.gamma, self.inverse, self.simplified, self.beta_min, self.reparam_offset
         )

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from normact import functional as NF
-from normact._checks import check_channels, check_eps, check_int, check_rank, check_tensor
+from normact._checks import check_channel_input, check_eps, check_int
 from normact.registry import Paper, Param, register
 
 __all__ = ["GlobalResponseNorm"]
@@ -84,14 +84,14 @@ class GlobalResponseNorm(nn.Module):
         nn.init.zeros_(self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        name = type(self).__name__
-        check_tensor(x, name)
-        axis = -1 if self.channels_last else 1
-        if x.dim() != 4 or x.shape[axis] != self.num_features:
-            c = self.num_features
-            layout = f"(N, H, W, {c})" if self.channels_last else f"(N, {c}, H, W)"
-            check_rank(x, (4,), name, layout)
-            check_channels(x, axis, c, name, layout)
+        check_channel_input(
+            x,
+            type(self).__name__,
+            self.num_features,
+            ranks=(4,),
+            axis=-1 if self.channels_last else 1,
+            layout="(N, H, W, {C})" if self.channels_last else "(N, {C}, H, W)",
+        )
         return NF.global_response_norm(x, self.weight, self.bias, self.eps, self.channels_last)
 
     def extra_repr(self) -> str:

@@ -6,7 +6,12 @@ import torch
 from torch import Tensor, nn
 
 from normact import functional as NF
-from normact._checks import check_channels, check_eps, check_int, check_momentum, check_rank, check_tensor
+from normact._checks import (
+    check_channel_input,
+    check_eps,
+    check_int,
+    check_momentum,
+)
 from normact.layers import papers
 from normact.layers.norm._channel import (
     add_channel_affine,
@@ -77,11 +82,7 @@ class GroupNorm(nn.Module):
         reset_channel_affine(self)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_tensor(x, "GroupNorm")
-        layout = f"(N, {self.num_channels}, *)"
-        if x.dim() < 2:
-            raise ValueError(f"GroupNorm expects an input of shape {layout}, got shape {tuple(x.shape)}")
-        check_channels(x, 1, self.num_channels, "GroupNorm", layout)
+        check_channel_input(x, "GroupNorm", self.num_channels)
         return NF.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
@@ -154,10 +155,7 @@ class InstanceNorm2d(nn.Module):
         reset_channel_affine(self)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_tensor(x, "InstanceNorm2d")
-        layout = f"(N, {self.num_features}, H, W)"
-        check_rank(x, (4,), "InstanceNorm2d", layout)
-        check_channels(x, 1, self.num_features, "InstanceNorm2d", layout)
+        check_channel_input(x, "InstanceNorm2d", self.num_features, ranks=(4,), layout="(N, {C}, H, W)")
         return NF.instance_norm(
             x,
             self.running_mean,
