@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,14 +18,17 @@ import normact
 import normact.functional
 from normact import registry
 from normact.testing import (
+    CASE_CHECKS,
     Case,
     LayerEntry,
     Layout,
     check_bad_input,
+    check_compile,
     check_constant_input,
     check_detects_perturbation,
     check_dtypes,
     check_factory_kwargs,
+    check_gradients,
     check_reference,
     snapshot,
 )
@@ -209,3 +213,119 @@ def test_scaling_a_real_layer_by_1_001_fails_its_entry(monkeypatch):
     for case in entry.cases:
         with pytest.raises(AssertionError, match="vs reference"):
             check_reference(entry, case)
+
+
+# ------------------------------------------------------------------ conditioning inputs and custom backward
+
+
+class _HalfGradient(torch.autograd.Function):
+    """Identity forward, half the gradient backward: a stand-in for a paper's approximate backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * 0.5
+
+
+class ShiftedRMS(normact.RMSNormPaper):
+    """rms_norm_paper(x) + shift, the shift a conditioning input of the input's shape."""
+
+    def forward(self, x, shift=None):
+        y = super().forward(x)
+        if shift is None or shift.shape != x.shape:
+            raise ValueError(f"ShiftedRMS expects a shift of shape {tuple(x.shape)}")
+        return y + shift
+
+
+class IgnoresShift(ShiftedRMS):
+    def forward(self, x, shift=None):
+        return super().forward(x, shift) - shift
+
+
+class DetachedShift(ShiftedRMS):
+    def forward(self, x, shift=None):
+        return super().forward(x, shift.detach()) if shift is not None else super().forward(x)
+
+
+class HalfGradientRMS(normact.RMSNormPaper):
+    def forward(self, x):
+        return super().forward(_HalfGradient.apply(x))
+
+
+def _ref_shifted(x, p, hp, *, shift):
+    return ref_rmsnorm_paper(x, p, hp) + shift
+
+
+def _ref_half_grad(x, grad_out, p, hp):
+    """The exact gradient of rms_norm_paper at x, halved for the input."""
+    x = x.clone().requires_grad_(True)
+    w = p["weight"].clone().requires_grad_(True)
+    y = ref_rmsnorm_paper(x, {**p, "weight": w}, hp)
+    gx, gw = torch.autograd.grad(y, (x, w), grad_out)
+    return {"input": 0.5 * gx, "weight": gw}
+
+
+def conditional_entry(name: str) -> LayerEntry:
+    return LayerEntry(
+        name=name,
+        reference=_ref_shifted,
+        cases=(
+            Case(
+                init={"normalized_shape": 8},
+                shape=(4, 8),
+                offset=0.5,
+                cond_fn=lambda shape, g: {"shift": torch.randn(shape, generator=g, dtype=torch.float64)},
+            ),
+        ),
+        functional=lambda x, m, shift: (
+            normact.functional.rms_norm_paper(x, m.normalized_shape, m.weight, m.bias, m.eps) + shift
+        ),
+        layout=Layout(feature_arg="normalized_shape", feature_axis=-1, min_rank=1),
+    )
+
+
+def half_grad_entry(name: str) -> LayerEntry:
+    return LayerEntry(
+        name=name,
+        reference=ref_rmsnorm_paper,
+        cases=(Case(init={"normalized_shape": 8}, shape=(4, 8), offset=0.5),),
+        functional=lambda x, m: normact.functional.rms_norm_paper(x, m.normalized_shape, m.weight, m.bias, m.eps),
+        layout=Layout(feature_arg="normalized_shape", feature_axis=-1, min_rank=1),
+        reference_grad=_ref_half_grad,
+    )
+
+
+def test_conditioning_inputs_reach_layer_reference_and_gradcheck():
+    """A sound conditional layer passes every check with its conditioning input; one that ignores it fails
+    the reference, one that cuts its gradient fails gradcheck."""
+    with registered("toy_shifted", ShiftedRMS):
+        entry = conditional_entry("toy_shifted")
+        for name, check in CASE_CHECKS.items():
+            if name != "compile":
+                check(entry, entry.cases[0])
+        check_compile(entry, entry.cases[0])
+    with registered("toy_ignores_shift", IgnoresShift):
+        entry = conditional_entry("toy_ignores_shift")
+        with pytest.raises(AssertionError, match="vs reference"):
+            check_reference(entry, entry.cases[0])
+    with registered("toy_detached_shift", DetachedShift):
+        entry = conditional_entry("toy_detached_shift")
+        with pytest.raises(Exception, match=r"(?i)jacobian|does not require grad|differentiable"):
+            check_gradients(entry, entry.cases[0])
+
+
+def test_reference_grad_replaces_gradcheck_and_catches_the_exact_gradient():
+    """An approximate backward passes against its reference_grad; the exact backward fails it, and the
+    approximate one fails plain gradcheck (which is why such entries need reference_grad)."""
+    with registered("toy_half_grad", HalfGradientRMS):
+        entry = half_grad_entry("toy_half_grad")
+        check_gradients(entry, entry.cases[0])
+        with pytest.raises(Exception, match=r"(?i)jacobian"):
+            check_gradients(dataclasses.replace(entry, reference_grad=None), entry.cases[0])
+    with registered("toy_exact_grad", normact.RMSNormPaper):
+        entry = half_grad_entry("toy_exact_grad")
+        with pytest.raises(AssertionError, match="grad 'input'"):
+            check_gradients(entry, entry.cases[0])

@@ -25,12 +25,13 @@ from normact.testing.checks import (
     check_inplace,
     check_reference,
     check_serialization,
+    cond_inputs,
     default_perturb,
     prepared,
     run_all,
     snapshot,
 )
-from normact.testing.entry import DEFAULT_TOLERANCES, Case, LayerEntry, Layout, Params, Reference
+from normact.testing.entry import DEFAULT_TOLERANCES, Case, LayerEntry, Layout, Params, Reference, ReferenceGrad
 
 __all__ = [
     "CASE_CHECKS",
@@ -40,6 +41,7 @@ __all__ = [
     "Layout",
     "Params",
     "Reference",
+    "ReferenceGrad",
     "assert_close",
     "check_bad_init",
     "check_bad_input",
@@ -53,6 +55,7 @@ __all__ = [
     "check_inplace",
     "check_reference",
     "check_serialization",
+    "cond_inputs",
     "default_perturb",
     "prepared",
     "run_all",

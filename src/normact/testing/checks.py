@@ -69,16 +69,42 @@ def snapshot(module: nn.Module) -> Params:
     return out
 
 
-def call_reference(entry: LayerEntry, case: Case, x: Tensor, params: Params) -> tuple[Tensor, dict[str, Tensor]]:
-    out = entry.reference(x.detach().clone().double(), {k: v for k, v in params.items()}, entry.hparams(case))
-    if isinstance(out, tuple):
+def cond_inputs(
+    case: Case, dtype: torch.dtype = torch.float64, shape: Any = None, seed: int = _SEED
+) -> dict[str, Tensor]:
+    """The case's conditioning inputs (see :attr:`Case.cond_fn`), floating ones in ``dtype``."""
+    cond = case.make_cond(generator(seed + 7), shape)
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in cond.items()}
+
+
+def _double(cond: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().clone().double() if v.is_floating_point() else v.clone() for k, v in cond.items()}
+
+
+def call_reference(
+    entry: LayerEntry, case: Case, x: Tensor, params: Params, cond: dict[str, Tensor] | None = None
+) -> tuple[Tensor | tuple[Tensor, ...], dict[str, Tensor]]:
+    out = entry.reference(
+        x.detach().clone().double(), {k: v for k, v in params.items()}, entry.hparams(case), **_double(cond or {})
+    )
+    if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict):
         y, buffers = out
         return y, dict(buffers)
     return out, {}
 
 
-def assert_close(actual: Tensor, expected: Tensor, atol: float, rtol: float, what: str) -> None:
-    """``|actual - expected| <= atol + rtol |expected|`` elementwise, with a report of the worst element."""
+def assert_close(
+    actual: Tensor | tuple[Tensor, ...], expected: Tensor | tuple[Tensor, ...], atol: float, rtol: float, what: str
+) -> None:
+    """``|actual - expected| <= atol + rtol |expected|`` elementwise, with a report of the worst element;
+    tuples (layers with several outputs) are compared output by output."""
+    if isinstance(actual, tuple) or isinstance(expected, tuple):
+        actual, expected = _outputs(actual), _outputs(expected)
+        if len(actual) != len(expected):
+            raise AssertionError(f"{what}: {len(actual)} outputs, expected {len(expected)}")
+        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
+            assert_close(a, e, atol, rtol, f"{what} (output {i})")
+        return
     if actual.shape != expected.shape:
         raise AssertionError(f"{what}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
     a, e = actual.detach().double(), expected.detach().double()
@@ -104,8 +130,22 @@ def away_from_kinks(x: Tensor, kinks: tuple[float, ...], margin: float = 0.05) -
     return x
 
 
-def _output(y: Tensor | tuple[Tensor, ...]) -> Tensor:
-    return y[0] if isinstance(y, tuple) else y
+def _outputs(y: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    return tuple(y) if isinstance(y, (tuple, list)) else (y,)
+
+
+def _flat(y: Tensor | tuple[Tensor, ...]) -> Tensor:
+    """Every output flattened into one vector (for gradcheck and finite-gradient checks)."""
+    outs = _outputs(y)
+    return outs[0].reshape(-1) if len(outs) == 1 else torch.cat([o.reshape(-1) for o in outs])
+
+
+def _scale(y: Tensor | tuple[Tensor, ...], factor: float) -> Tensor | tuple[Tensor, ...]:
+    return tuple(o * factor for o in y) if isinstance(y, tuple) else y * factor
+
+
+def _equal(a: Tensor | tuple[Tensor, ...], b: Tensor | tuple[Tensor, ...]) -> bool:
+    return all(torch.equal(u, v) for u, v in zip(_outputs(a), _outputs(b), strict=True))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -117,16 +157,17 @@ def check_reference(entry: LayerEntry, case: Case) -> None:
     agrees with the module."""
     module = prepared(entry, case)
     x = case.make_input(generator())
+    cond = cond_inputs(case)
     params = snapshot(module)
     before = copy.deepcopy(module)
-    y = _output(module(x))
-    expected, buffers = call_reference(entry, case, x, params)
+    y = module(x, **cond)
+    expected, buffers = call_reference(entry, case, x, params, cond)
     atol, rtol = entry.tolerance(torch.float64)
     assert_close(y, expected, atol, rtol, f"{entry.name}[{case.id}] float64 output vs reference")
     for name, want in buffers.items():
         got = dict(module.named_buffers())[name]
         assert_close(got, want, atol, rtol, f"{entry.name}[{case.id}] buffer {name!r} after forward")
-    y_functional = entry.functional(x, before)
+    y_functional = entry.functional(x, before, **cond)
     assert_close(y_functional, y, 1e-12, 1e-12, f"{entry.name}[{case.id}] normact.functional vs module")
 
 
@@ -134,11 +175,12 @@ def check_detects_perturbation(entry: LayerEntry, case: Case) -> None:
     """The reference comparison is sharp enough to notice an output scaled by 1.001, and every learnable
     parameter changes the output (no dead parameters)."""
     module = prepared(entry, case)
-    module.register_forward_hook(lambda m, args, out: out * 1.001)
+    module.register_forward_hook(lambda m, args, out: _scale(out, 1.001))
     x = case.make_input(generator())
+    cond = cond_inputs(case)
     params = snapshot(module)
-    y = _output(module(x))
-    expected, _ = call_reference(entry, case, x, params)
+    y = module(x, **cond)
+    expected, _ = call_reference(entry, case, x, params, cond)
     atol, rtol = entry.tolerance(torch.float64)
     try:
         assert_close(y, expected, atol, rtol, "mutated")
@@ -147,34 +189,77 @@ def check_detects_perturbation(entry: LayerEntry, case: Case) -> None:
     else:
         raise AssertionError(f"{entry.name}[{case.id}]: an output scaled by 1.001 still matches the reference")
     module = prepared(entry, case)
-    base = _output(copy.deepcopy(module)(x))
+    base = copy.deepcopy(module)(x, **cond)
     for name, _ in module.named_parameters():
         changed = copy.deepcopy(module)
         with torch.no_grad():
             dict(changed.named_parameters())[name].add_(0.1)
-        if torch.equal(_output(changed(x)), base):
+        if _equal(changed(x, **cond), base):
             raise AssertionError(f"{entry.name}[{case.id}]: parameter {name!r} does not affect the output")
 
 
 def check_gradients(entry: LayerEntry, case: Case) -> None:
-    """gradcheck in float64 for the input and every parameter; gradgradcheck for smooth layers."""
+    """gradcheck in float64 for the input, every parameter and the floating conditioning inputs;
+    gradgradcheck for smooth layers. For an entry with ``reference_grad`` (a backward that is deliberately
+    not the exact gradient) the layer's backward is compared with that reference instead."""
+    if entry.reference_grad is not None:
+        _check_reference_grad(entry, case)
+        return
     module = prepared(entry, case)
     x = away_from_kinks(case.make_input(generator()), entry.kinks).requires_grad_(True)
     names = [n for n, p in module.named_parameters() if p.requires_grad]
     params = [dict(module.named_parameters())[n].detach().clone().requires_grad_(True) for n in names]
+    cond = cond_inputs(case)
+    cond_names = [k for k, v in cond.items() if v.is_floating_point()]
+    fixed = {k: v for k, v in cond.items() if k not in cond_names}
+    cond_values = [cond[k].requires_grad_(True) for k in cond_names]
 
-    def fn(inp: Tensor, *ps: Tensor) -> Tensor:
-        return _output(functional_call(module, dict(zip(names, ps, strict=True)), (inp,)))
+    def fn(inp: Tensor, *rest: Tensor) -> Tensor:
+        ps, cs = rest[: len(names)], rest[len(names) :]
+        kwargs = {**fixed, **dict(zip(cond_names, cs, strict=True))}
+        return _flat(functional_call(module, dict(zip(names, ps, strict=True)), (inp,), kwargs))
 
-    inputs = (x, *params)
+    inputs = (x, *params, *cond_values)
     torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
     if entry.info.properties.smooth:
         torch.autograd.gradgradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-4, fast_mode=True)
 
 
-def _backward_finite(entry: LayerEntry, case: Case, module: nn.Module, x: Tensor, what: str) -> None:
+def _check_reference_grad(entry: LayerEntry, case: Case) -> None:
+    """The layer's backward (input and parameter gradients) against ``entry.reference_grad`` in float64."""
+    assert entry.reference_grad is not None
+    module = prepared(entry, case)
+    params = snapshot(module)
+    x = away_from_kinks(case.make_input(generator()), entry.kinks)
+    cond = cond_inputs(case)
+    y = module(x.clone().requires_grad_(True), **cond)
+    gen = generator(_SEED + 3)
+    grad_out = tuple(torch.randn(o.shape, generator=gen, dtype=torch.float64) for o in _outputs(y))
+    module = prepared(entry, case)
+    xg = x.clone().requires_grad_(True)
+    outs = _outputs(module(xg, **cond))
+    names = [n for n, p in module.named_parameters() if p.requires_grad]
+    got = torch.autograd.grad(
+        outs, [xg, *[dict(module.named_parameters())[n] for n in names]], grad_out, allow_unused=True
+    )
+    expected = entry.reference_grad(
+        x.clone(), grad_out if len(grad_out) > 1 else grad_out[0], params, entry.hparams(case), **_double(cond)
+    )
+    atol, rtol = entry.tolerance(torch.float64)
+    for name, g in zip(["input", *names], got, strict=True):
+        if name not in expected:
+            raise AssertionError(f"{entry.name}[{case.id}]: reference_grad gives no gradient for {name!r}")
+        want = expected[name]
+        assert_close(
+            torch.zeros_like(want) if g is None else g, want, atol, rtol, f"{entry.name}[{case.id}] grad {name!r}"
+        )
+
+
+def _backward_finite(
+    entry: LayerEntry, case: Case, module: nn.Module, x: Tensor, what: str, cond: dict[str, Tensor] | None = None
+) -> None:
     x = x.detach().clone().requires_grad_(True)
-    y = _output(module(x))
+    y = _flat(module(x, **(cond or {})))
     if not torch.isfinite(y).all():
         raise AssertionError(f"{entry.name}[{case.id}] {what}: non-finite output")
     grad_out = torch.ones_like(y) / max(y.numel(), 1)
@@ -196,17 +281,19 @@ def check_dtypes(entry: LayerEntry, case: Case) -> None:
         inputs.append((" |x|=1e4", x64 / x64.abs().max().clamp_min(1e-12) * 1e4))
     for dtype in LOW_DTYPES:
         atol, rtol = entry.tolerance(dtype)
+        cond = cond_inputs(case, dtype)
         for label, x in inputs:
             module = prepared(entry, case, dtype)
             x_low = x.to(dtype)
             params = snapshot(module)
-            y = _output(module(x_low))
+            y = module(x_low, **cond)
             what = f"{entry.name}[{case.id}] {dtype}{label}"
-            if y.dtype != dtype:
-                raise AssertionError(f"{what}: output dtype {y.dtype}, expected {dtype}")
-            expected, _ = call_reference(entry, case, x_low.double(), params)
+            for out in _outputs(y):
+                if out.dtype != dtype:
+                    raise AssertionError(f"{what}: output dtype {out.dtype}, expected {dtype}")
+            expected, _ = call_reference(entry, case, x_low.double(), params, cond)
             assert_close(y, expected, atol, rtol, what)
-            _backward_finite(entry, case, prepared(entry, case, dtype), x_low, what)
+            _backward_finite(entry, case, prepared(entry, case, dtype), x_low, what, cond)
 
 
 def check_compile(entry: LayerEntry, case: Case, backend: str = "aot_eager") -> None:
@@ -216,12 +303,13 @@ def check_compile(entry: LayerEntry, case: Case, backend: str = "aot_eager") -> 
     compiled_module = copy.deepcopy(eager)
     compiled = torch.compile(compiled_module, backend=backend, fullgraph=True)
     x = away_from_kinks(case.make_input(generator()), entry.kinks)
+    cond = cond_inputs(case)
     xe, xc = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    ye, yc = _output(eager(xe)), _output(compiled(xc))
+    ye, yc = eager(xe, **cond), compiled(xc, **cond)
     what = f"{entry.name}[{case.id}] torch.compile({backend})"
     assert_close(yc, ye, 1e-9, 1e-9, f"{what} output")
-    (ge,) = torch.autograd.grad(ye.sum(), xe)
-    (gc,) = torch.autograd.grad(yc.sum(), xc)
+    (ge,) = torch.autograd.grad(_flat(ye).sum(), xe)
+    (gc,) = torch.autograd.grad(_flat(yc).sum(), xc)
     assert_close(gc, ge, 1e-9, 1e-9, f"{what} input gradient")
     eager_buffers = dict(eager.named_buffers())
     for name, b in compiled_module.named_buffers():
@@ -233,7 +321,8 @@ def check_serialization(entry: LayerEntry, case: Case) -> None:
     """state_dict save/load (``weights_only``) into a fresh layer, pickling and deepcopy reproduce outputs."""
     module = prepared(entry, case).eval()
     x = case.make_input(generator())
-    expected = _output(copy.deepcopy(module)(x))
+    cond = cond_inputs(case)
+    expected = copy.deepcopy(module)(x, **cond)
     buf = io.BytesIO()
     torch.save(module.state_dict(), buf)
     buf.seek(0)
@@ -245,7 +334,7 @@ def check_serialization(entry: LayerEntry, case: Case) -> None:
         ("pickle", pickle.loads(pickle.dumps(module))),
         ("deepcopy", copy.deepcopy(module)),
     ):
-        assert_close(_output(clone(x)), expected, 0.0, 0.0, f"{entry.name}[{case.id}] {label}")
+        assert_close(clone(x, **cond), expected, 0.0, 0.0, f"{entry.name}[{case.id}] {label}")
 
 
 def check_factory_kwargs(entry: LayerEntry, case: Case) -> None:
@@ -304,9 +393,10 @@ def check_bad_input(entry: LayerEntry, case: Case) -> None:
     module = prepared(entry, case)
     layout = entry.layout_for(case)
     shape = list(case.shape)
-    _expect_error(entry, "a list input", lambda: module(shape), (TypeError,), ())
+    cond = cond_inputs(case)
+    _expect_error(entry, "a list input", lambda: module(shape, **cond), (TypeError,), ())
     ints = torch.ones(case.shape, dtype=torch.long)
-    _expect_error(entry, "an integer tensor", lambda: module(ints), (TypeError,), ("float",))
+    _expect_error(entry, "an integer tensor", lambda: module(ints, **cond), (TypeError,), ("float",))
     if layout.feature_axis is not None and len(shape) > abs(layout.feature_axis) - (layout.feature_axis < 0):
         wrong = list(shape)
         expected = wrong[layout.feature_axis]
@@ -315,7 +405,7 @@ def check_bad_input(entry: LayerEntry, case: Case) -> None:
         _expect_error(
             entry,
             f"input of shape {tuple(wrong)}",
-            lambda: module(bad),
+            lambda: module(bad, **cond),
             (ValueError,),
             (str(expected), "shape"),
         )
@@ -323,11 +413,13 @@ def check_bad_input(entry: LayerEntry, case: Case) -> None:
         wrong = list(shape)
         wrong[layout.even_axis] += 1
         odd = torch.randn(wrong, dtype=torch.float64)
-        _expect_error(entry, f"input of shape {tuple(wrong)}", lambda: module(odd), (ValueError,), ("even", "shape"))
+        _expect_error(
+            entry, f"input of shape {tuple(wrong)}", lambda: module(odd, **cond), (ValueError,), ("even", "shape")
+        )
     for rank in layout.invalid_ranks():
         wrong = shape[:rank] if rank <= len(shape) else shape + [3] * (rank - len(shape))
         bad = torch.randn(wrong, dtype=torch.float64)
-        _expect_error(entry, f"a {rank}-D input", lambda b=bad: module(b), (ValueError,), ("shape",))
+        _expect_error(entry, f"a {rank}-D input", lambda b=bad: module(b, **cond), (ValueError,), ("shape",))
     check_bad_init(entry, case)
 
 
@@ -358,7 +450,7 @@ def check_constant_input(entry: LayerEntry, case: Case) -> None:
         for value in (3.0, 0.0):
             module = prepared(entry, case, dtype)
             x = torch.full(case.shape, value, dtype=dtype)
-            _backward_finite(entry, case, module, x, f"constant input {value} in {dtype}")
+            _backward_finite(entry, case, module, x, f"constant input {value} in {dtype}", cond_inputs(case, dtype))
 
 
 def check_contract(entry: LayerEntry) -> None:
@@ -394,10 +486,11 @@ def check_inplace(entry: LayerEntry, case: Case) -> None:
     if "inplace" not in inspect.signature(entry.info.factory).parameters:
         return
     x = case.make_input(generator())
-    expected = entry.build(case, dtype=torch.float64)(x.clone())
+    cond = cond_inputs(case)
+    expected = entry.build(case, dtype=torch.float64)(x.clone(), **cond)
     module = entry.info.factory(**{**case.init, "inplace": True})
     x_inplace = x.clone()
-    out = module(x_inplace)
+    out = module(x_inplace, **cond)
     assert_close(out, expected, 0.0, 0.0, f"{entry.name}[{case.id}] inplace output")
     assert_close(x_inplace, expected, 0.0, 0.0, f"{entry.name}[{case.id}] inplace input")
 

@@ -23,10 +23,18 @@ Params = dict[str, Tensor | None]
 """Named parameters and buffers of a layer (float64 copies taken before the forward pass); disabled ones
 (registered as ``None``) are absent, so references use ``params.get(name)``."""
 
-Reference = Callable[[Tensor, Params, dict[str, Any]], "Tensor | tuple[Tensor, dict[str, Tensor]]"]
-"""``reference(x, params, hparams)``: the layer's output in float64, optionally with the buffers it should
-hold after the forward pass (running statistics). ``hparams`` holds every constructor argument, defaults
-included, and ``training``, the module's mode. A reference must not call the layer or ``normact.functional``."""
+Reference = Callable[..., "Tensor | tuple[Tensor | tuple[Tensor, ...], dict[str, Tensor]]"]
+"""``reference(x, params, hparams, **cond)``: the layer's output in float64 (a tuple of tensors for layers
+returning several), optionally paired with a dict of the buffers it should hold after the forward pass
+(running statistics). ``hparams`` holds every constructor argument, defaults included, and ``training``,
+the module's mode; ``cond`` the case's conditioning inputs (float64 copies of floating ones). A reference
+must not call the layer or ``normact.functional``."""
+
+ReferenceGrad = Callable[..., dict[str, Tensor]]
+"""``reference_grad(x, grad_out, params, hparams, **cond)``: for layers whose backward is deliberately not
+the exact gradient of their forward (an approximate or streaming backward defined by the paper), the
+gradients that backward should produce in float64: ``{"input": ..., <parameter name>: ...}``. ``grad_out``
+has the output's shape (a tuple for layers returning several tensors)."""
 
 Tolerance = tuple[float, float]  # (atol, rtol)
 
@@ -55,6 +63,10 @@ class Case:
         scale, offset: the default input is ``randn(shape) * scale + offset`` in float64.
         input_fn: ``input_fn(shape, generator) -> float64 tensor`` replacing the default input.
         layout: overrides the entry's :class:`Layout` for this case (e.g. a channels-first variant).
+        cond_fn: ``cond_fn(shape, generator) -> {name: tensor}``: conditioning inputs passed by keyword to the
+            forward, the functional form and the reference (a padding mask, a segmentation map, a time
+            step, messages). Floating ones are made float64, cast with the input in the dtype checks and
+            differentiated in gradcheck; boolean and integer ones are passed as they are.
     """
 
     init: Mapping[str, Any] = field(default_factory=dict)
@@ -65,6 +77,7 @@ class Case:
     offset: float = 0.0
     input_fn: Callable[[Sequence[int], torch.Generator], Tensor] | None = None
     layout: Layout | None = None
+    cond_fn: Callable[[Sequence[int], torch.Generator], Mapping[str, Tensor]] | None = None
 
     @property
     def id(self) -> str:
@@ -74,6 +87,13 @@ class Case:
         if self.input_fn is not None:
             return self.input_fn(self.shape, generator).to(torch.float64)
         return randn_input(self.shape, generator, self.scale, self.offset)
+
+    def make_cond(self, generator: torch.Generator, shape: Sequence[int] | None = None) -> dict[str, Tensor]:
+        """The conditioning inputs for an input of ``shape`` (default: the case's), floating ones in float64."""
+        if self.cond_fn is None:
+            return {}
+        cond = self.cond_fn(tuple(self.shape if shape is None else shape), generator)
+        return {k: v.to(torch.float64) if v.is_floating_point() else v for k, v in cond.items()}
 
 
 @dataclass(frozen=True)
@@ -131,8 +151,8 @@ class LayerEntry:
         name: the registry name.
         reference: the independent float64 reference (see :data:`Reference`).
         cases: configurations to check (each check runs on every case).
-        functional: ``functional(x, module) -> Tensor``: the same computation through ``normact.functional``,
-            passing the module's parameters and buffers.
+        functional: ``functional(x, module, **cond) -> Tensor``: the same computation through
+            ``normact.functional``, passing the module's parameters and buffers.
         layout: where the features are, for bad-input and shape tests.
         tolerances: per-dtype ``(atol, rtol)`` against the float64 reference; missing dtypes use
             :data:`DEFAULT_TOLERANCES`.
@@ -141,18 +161,22 @@ class LayerEntry:
         large_input: also check inputs of magnitude 1e4 in every dtype (defaults to True for norms).
         perturb: ``perturb(module, generator)`` moves parameters and buffers away from their initial values
             before comparisons; the default adds noise to parameters and running statistics.
+        reference_grad: for a backward that is deliberately not the exact gradient (see
+            :data:`ReferenceGrad`): the gradient check compares the layer's backward with it in float64
+            instead of running gradcheck against finite differences.
     """
 
     name: str
     reference: Reference
     cases: tuple[Case, ...]
-    functional: Callable[[Tensor, nn.Module], Tensor]
+    functional: Callable[..., Tensor | tuple[Tensor, ...]]
     layout: Layout = field(default_factory=Layout)
     tolerances: Mapping[torch.dtype, Tolerance] = field(default_factory=dict)
     kinks: tuple[float, ...] = ()
     bad_init: tuple[Mapping[str, Any], ...] = ()
     large_input: bool | None = None
     perturb: Callable[[nn.Module, torch.Generator], None] | None = None
+    reference_grad: ReferenceGrad | None = None
 
     @functools.cached_property
     def info(self) -> LayerInfo:

@@ -37,4 +37,5 @@ def cases(draw: st.DrawFn, entry: LayerEntry, max_rank: int = 4, max_size: int =
         offset=base.offset,
         input_fn=base.input_fn,
         layout=base.layout,
+        cond_fn=base.cond_fn,
     )
