@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import normact
+from tests.entries import DISTRIBUTED_CASES
 
 CASES = [
     ("batchnorm2d", (8, 4, 5, 5), {"momentum": 0.1}),
@@ -32,6 +33,10 @@ CASES = [
     ("bcn", (8, 8, 3, 3), {"num_groups": 4, "momentum": 0.3}),
     ("bcn", (8, 6, 5), {"num_groups": 2, "affine": False}),
 ]
+CASES = [(name, shape, kwargs, None) for name, shape, kwargs in CASES] + list(DISTRIBUTED_CASES)
+"""(name, input shape, constructor kwargs, cond_fn): ``cond_fn(shape, generator) -> {name: tensor}`` builds
+conditioning inputs with the batch first (masks, maps), split across processes like the input. Entry
+modules add their layers' cases through their ``DISTRIBUTED_CASES``."""
 SPLIT = (3, 5)  # uneven halves: the counts, not the world size, weight each process
 
 
@@ -57,9 +62,13 @@ def _layer(name, shape, kwargs, **extra):
     return layer
 
 
-def _step(layer, x, g):
+def _cond(cond_fn, shape):
+    return {} if cond_fn is None else dict(cond_fn(shape, torch.Generator().manual_seed(2)))
+
+
+def _step(layer, x, g, cond):
     x = x.clone().requires_grad_(True)
-    y = layer(x)
+    y = layer(x, **cond)
     (y * g).sum().backward()
     grads = {n: p.grad.clone() for n, p in layer.named_parameters()}
     buffers = {n: b.clone() for n, b in layer.named_buffers()}
@@ -72,13 +81,14 @@ def _worker(rank, world, port, out_dir):
     try:
         torch.set_num_threads(1)
         results = []
-        for name, shape, kwargs in CASES:
+        for name, shape, kwargs, cond_fn in CASES:
             x, g = _data(shape)
             lo = 0 if rank == 0 else SPLIT[0]
             hi = SPLIT[0] if rank == 0 else shape[0]
+            cond = {k: v[lo:hi] for k, v in _cond(cond_fn, shape).items()}
             layer = _layer(name, shape, kwargs, sync=True)
             for step in range(2):  # two steps: running statistics accumulate and feed back
-                out = _step(layer, x[lo:hi] + step, g[lo:hi])
+                out = _step(layer, x[lo:hi] + step, g[lo:hi], cond)
             results.append(out)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -92,13 +102,14 @@ def two_process_results():
         return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in (0, 1)]
 
 
-@pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{n}-{k or 'default'}" for n, _, k in CASES])
+@pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{c[0]}-{c[2] or 'default'}" for c in CASES])
 def test_two_processes_equal_one(two_process_results, index):
-    name, shape, kwargs = CASES[index]
+    name, shape, kwargs, cond_fn = CASES[index]
     x, g = _data(shape)
+    cond = _cond(cond_fn, shape)
     layer = _layer(name, shape, kwargs)
     for step in range(2):
-        y, gx, grads, buffers = _step(layer, x + step, g)
+        y, gx, grads, buffers = _step(layer, x + step, g, cond)
     r0, r1 = two_process_results[0][index], two_process_results[1][index]
     torch.testing.assert_close(torch.cat([r0[0], r1[0]]), y)  # outputs
     torch.testing.assert_close(torch.cat([r0[1], r1[1]]), gx)  # input gradients
@@ -112,11 +123,18 @@ def test_two_processes_equal_one(two_process_results, index):
 BATCH_DEPENDENT = [n for n in normact.list_layers() if normact.info(n).properties.batch_dependent]
 
 
+def test_every_batch_dependent_layer_has_a_two_process_case():
+    missing = sorted(set(BATCH_DEPENDENT) - {c[0] for c in CASES})
+    assert not missing, f"batch-dependent layers without a 2-process case: {missing}"
+
+
 @pytest.mark.parametrize("name", BATCH_DEPENDENT)
 def test_sync_without_a_process_group_is_the_local_layer(name):
-    x = torch.randn((6, 4, 5) if name == "batchnorm1d" else (6, 4, 4, 4), dtype=torch.float64)
-    a, b = _layer(name, x.shape, {}, sync=True), _layer(name, x.shape, {})
-    torch.testing.assert_close(a(x), b(x))
+    _, shape, kwargs, cond_fn = next(c for c in CASES if c[0] == name)
+    x, _ = _data(shape)
+    cond = _cond(cond_fn, shape)
+    a, b = _layer(name, x.shape, kwargs, sync=True), _layer(name, x.shape, kwargs)
+    torch.testing.assert_close(a(x, **cond), b(x, **cond))
     for (key, buf_a), buf_b in zip(a.named_buffers(), b.buffers(), strict=True):
         torch.testing.assert_close(buf_a, buf_b, msg=key)
 
