@@ -78,3 +78,32 @@ def test_console_script_runs():
     assert "dyt" in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "normact", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and normact.__version__ in proc.stdout
+
+
+def test_plot_act_draws_functions_and_derivatives(app, tmp_path):
+    out = tmp_path / "figs" / "acts.png"
+    result = runner.invoke(app, ["plot-act", "relu", "gelu", "swiglu", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+def test_plot_act_curves_are_the_function_and_its_derivative():
+    import torch
+
+    from normact.plot import activation_curves
+
+    x = torch.tensor([-2.0, -0.5, 0.5, 3.0], dtype=torch.float64)
+    y, grad = activation_curves("relu", x)
+    assert torch.equal(y, torch.tensor([0.0, 0.0, 0.5, 3.0], dtype=torch.float64))
+    assert torch.equal(grad, torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float64))
+    y, grad = activation_curves("swiglu", x)  # the gate nonlinearity at unit value: silu
+    torch.testing.assert_close(y, x * torch.sigmoid(x))
+    torch.testing.assert_close(grad, torch.sigmoid(x) * (1 + x * (1 - torch.sigmoid(x))))
+
+
+@pytest.mark.parametrize("args", [["layernorm"], ["reluu"], ["relu", "--x-min", "3", "--x-max", "1"]])
+def test_plot_act_rejects_bad_arguments(app, tmp_path, args):
+    result = runner.invoke(app, ["plot-act", *args, "--out", str(tmp_path / "a.png")])
+    assert result.exit_code == 2
+    assert "error" in result.output

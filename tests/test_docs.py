@@ -47,3 +47,21 @@ def test_architecture_names_every_subsystem():
             continue
         name = path.name + ("/" if path.is_dir() else "")
         assert f"`{name}" in text or f"{name} " in text, f"ARCHITECTURE.md does not mention {name}"
+
+
+def test_every_verified_against_name_resolves_and_is_compared_in_a_test():
+    """A registry claim "verified against X" holds only if X exists and a test names it."""
+    import importlib
+
+    import pytest
+
+    tests_text = "\n".join(p.read_text() for p in (ROOT / "tests").rglob("*.py"))
+    for name in normact.list_layers():
+        for path in normact.info(name).verified_against:
+            module, _, attr = path.rpartition(".")
+            try:
+                target = importlib.import_module(module)
+            except ImportError:
+                pytest.skip(f"{module} is not installed")
+            assert hasattr(target, attr), f"{name}: {path} does not exist"
+            assert attr in tests_text, f"{name}: no test mentions {attr} ({path})"

@@ -8,6 +8,7 @@
 
 from normact import functional, layers
 from normact.distributed import convert_sync
+from normact.gaussian import GaussianMoments, activation_gain, gaussian_moments
 from normact.layers import *  # noqa: F403  (the layer classes)
 from normact.layers import __all__ as _layer_names
 from normact.registry import (
@@ -30,15 +31,18 @@ __version__ = "0.1.0"
 
 __all__ = [
     "KINDS",
+    "GaussianMoments",
     "LayerInfo",
     "LayerType",
     "Paper",
     "Param",
     "Properties",
     "UnknownLayerError",
+    "activation_gain",
     "convert_sync",
     "create",
     "functional",
+    "gaussian_moments",
     "get_info",
     "info",
     "layers",

@@ -11,7 +11,16 @@ _KIND_TITLES = {
     "weight": "Weight normalizations and reparametrizations",
     "block": "Blocks",
 }
-_FLAGS = ("batch_dependent", "smooth", "monotonic", "custom_backward", "stateful", "gated")
+_FLAGS = (
+    "batch_dependent",
+    "smooth",
+    "monotonic",
+    "custom_backward",
+    "stateful",
+    "gated",
+    "bounded_below",
+    "self_gated",
+)
 
 
 def _paper(info: LayerInfo) -> str:
@@ -21,6 +30,18 @@ def _paper(info: LayerInfo) -> str:
 
 def _flags(info: LayerInfo) -> str:
     return ", ".join(f for f in _FLAGS if getattr(info.properties, f)) or "-"
+
+
+def _verified(info: LayerInfo) -> str:
+    return "paper formula (float64)" + "".join(f", `{v}`" for v in info.verified_against)
+
+
+def _gaussian(info: LayerInfo) -> str:
+    from normact.gaussian import gaussian_moments
+
+    m = gaussian_moments(info.name)
+    centred = ", zero-centred" if m.zero_centred else ""
+    return f"{m.gain:.4f} (E = {m.mean:.4f}{centred})"
 
 
 def catalog_markdown() -> str:
@@ -37,15 +58,23 @@ def catalog_markdown() -> str:
         names = list_layers(kind)
         if not names:
             continue
+        act = kind == "act"
+        lines += ["", f"## {_KIND_TITLES[kind]} ({len(names)})", ""]
+        if act:
+            lines += [
+                "gain: 1/sqrt(Var[g(z)]) for z ~ N(0, 1) by quadrature (`normact.activation_gain`), E: E[g(z)].",
+                "",
+            ]
         lines += [
-            "",
-            f"## {_KIND_TITLES[kind]} ({len(names)})",
-            "",
-            "| name | class | formula | paper | properties |",
-            "|---|---|---|---|---|",
+            "| name | class | formula | paper | properties | " + ("gain | " if act else "") + "verified against |",
+            "|---|---|---|---|---|" + ("---|" if act else "") + "---|",
         ]
         for name in names:
             info = get_info(name)
             formula = info.formula.replace("|", "\\|")
-            lines.append(f"| `{name}` | `{info.cls.__name__}` | {formula} | {_paper(info)} | {_flags(info)} |")
+            gain = f" {_gaussian(info)} |" if act else ""
+            lines.append(
+                f"| `{name}` | `{info.cls.__name__}` | {formula} | {_paper(info)} | {_flags(info)} |{gain}"
+                f" {_verified(info)} |"
+            )
     return "\n".join(lines) + "\n"

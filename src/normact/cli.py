@@ -12,6 +12,7 @@ from typing import Annotated, Any
 def _build_app() -> Any:
     import typer
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     import normact
@@ -96,6 +97,14 @@ def _build_app() -> Any:
             console.print("[bold]parameters[/]  none")
         props = info.as_dict()["properties"]
         console.print("[bold]properties[/]  " + ", ".join(f"{k}={v}" for k, v in props.items()))
+        if info.kind == "act":
+            m = normact.gaussian_moments(info.name)
+            text = (
+                f"gain 1/sqrt(Var[g(z)]) = {m.gain:.6f}, E[g(z)] = {m.mean:.6f}, zero_centred={m.zero_centred}"
+                "  (z ~ N(0, 1), by quadrature)"
+            )
+            console.print("[bold]gaussian[/]    " + escape(text))
+        console.print("[bold]verified[/]    " + "; ".join(info.as_dict()["verified_against"]))
 
     @app.command("catalog")
     def catalog_command(
@@ -112,6 +121,26 @@ def _build_app() -> Any:
         tmp.write_text(text)
         tmp.replace(out)
         console.print(f"wrote {out}")
+
+    @app.command("plot-act")
+    def plot_act_command(
+        names: Annotated[list[str], typer.Argument(help="Activation names (normact list --kind act).")],
+        out: Annotated[Path, typer.Option("--out", "-o", help="The PNG to write.")] = Path("activations.png"),
+        x_min: Annotated[float, typer.Option(help="Left end of the x range.")] = -5.0,
+        x_max: Annotated[float, typer.Option(help="Right end of the x range.")] = 5.0,
+    ) -> None:
+        """Draw activation functions and their derivatives on one figure."""
+        from normact.plot import plot_activations
+
+        try:
+            path = plot_activations(names, out, x_min, x_max)
+        except (UnknownLayerError, ValueError) as e:
+            err.print(f"[bold red]error:[/] {e}")
+            raise typer.Exit(2) from e
+        except ImportError as e:
+            err.print(f"[bold red]error:[/] {e}; install the plot extra: pip install 'normact[plot]'")
+            raise typer.Exit(2) from e
+        console.print(f"wrote {path}")
 
     _add_bench_commands(app, console, err)
     return app

@@ -64,6 +64,11 @@ class Properties:
       (an approximation or a memory-saving recomputation).
     - ``stateful``: forward updates buffers (running statistics) in train mode.
     - ``gated``: a gated activation that splits its input in two halves along ``dim``; the output is half as wide.
+    - ``bounded_below``: (activations) ``inf_x g(x) > -inf`` (ReLU, SiLU, GELU; not LeakyReLU or tanh-free
+      gated products).
+    - ``self_gated``: (activations) of the form ``x * s(x)`` with a gate ``s`` computed from the same input
+      (SiLU, GELU, Mish); the Gaussian moments (zero-centredness, gain) are computed, see
+      :func:`normact.gaussian_moments`.
     """
 
     batch_dependent: bool = False
@@ -72,6 +77,8 @@ class Properties:
     custom_backward: bool = False
     stateful: bool = False
     gated: bool = False
+    bounded_below: bool = False
+    self_gated: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,7 @@ class LayerInfo:
     properties: Properties = field(default_factory=Properties)
     defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     aliases: tuple[str, ...] = ()
+    verified_against: tuple[str, ...] = ()
 
     @property
     def factory(self) -> Callable[..., nn.Module]:
@@ -120,6 +128,7 @@ class LayerInfo:
             "params": [{"name": p.name, "shape": p.shape, "init": p.init, "buffer": p.buffer} for p in self.params],
             "properties": {k: getattr(self.properties, k) for k in Properties.__dataclass_fields__},
             "aliases": list(self.aliases),
+            "verified_against": ["the paper's formula in float64 (normact.testing harness)", *self.verified_against],
         }
 
 
@@ -157,9 +166,15 @@ def register(
     params: tuple[Param, ...] = (),
     defaults: Mapping[str, Any] | None = None,
     aliases: tuple[str, ...] = (),
+    verified_against: tuple[str, ...] = (),
     **properties: bool,
 ) -> Callable[[ModuleT], ModuleT]:
-    """Class decorator: register ``cls`` under ``name`` (stack it to register variants with other ``defaults``)."""
+    """Class decorator: register ``cls`` under ``name`` (stack it to register variants with other ``defaults``).
+
+    ``verified_against`` names the independent implementations the test suite compares the layer with
+    numerically (``"torch.nn.LayerNorm"``, ``"timm.layers.EvoNorm2dB0"``), beyond the float64 reference of the
+    paper's formula that every layer's harness entry has; tests/test_docs.py checks each name appears in a test.
+    """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if name != name.lower() or " " in name:
@@ -180,6 +195,7 @@ def register(
             properties=props,
             defaults=MappingProxyType(dict(defaults or {})),
             aliases=tuple(aliases),
+            verified_against=tuple(verified_against),
         )
         keys = [normalize_name(name)] + [normalize_name(a) for a in aliases]
         for key in keys:

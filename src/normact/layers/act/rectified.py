@@ -15,6 +15,7 @@ __all__ = ["ReLU", "ReLU2"]
 @register(
     "relu",
     kind="act",
+    bounded_below=True,
     paper=papers.RELU,
     formula="f(x) = max(0, x)",
     functional=NF.relu,
@@ -38,6 +39,7 @@ class ReLU(InplaceActivation):
 @register(
     "relu2",
     kind="act",
+    bounded_below=True,
     paper=papers.RELU2,
     formula="f(x) = max(0, x)^2",
     functional=NF.relu2,

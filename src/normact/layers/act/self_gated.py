@@ -17,6 +17,8 @@ __all__ = ["GELU", "GoLU", "Mish", "SiLU", "Swish"]
 @register(
     "gelu",
     kind="act",
+    bounded_below=True,
+    self_gated=True,
     paper=papers.GELU,
     formula="f(x) = x * Phi(x) = 0.5 x (1 + erf(x / sqrt(2)))",
     functional=NF.gelu,
@@ -24,6 +26,8 @@ __all__ = ["GELU", "GoLU", "Mish", "SiLU", "Swish"]
 @register(
     "gelu_tanh",
     kind="act",
+    bounded_below=True,
+    self_gated=True,
     paper=papers.GELU,
     formula="f(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))",
     functional=NF.gelu,
@@ -60,6 +64,8 @@ class GELU(nn.Module):
 @register(
     "silu",
     kind="act",
+    bounded_below=True,
+    self_gated=True,
     paper=papers.SILU,
     formula="f(x) = x * sigmoid(x)",
     functional=NF.silu,
@@ -82,6 +88,8 @@ class SiLU(InplaceActivation):
 @register(
     "swish",
     kind="act",
+    bounded_below=True,
+    self_gated=True,
     paper=papers.SWISH,
     formula="f(x) = x * sigmoid(beta * x), beta learnable (a scalar, or one per channel)",
     functional=NF.swish,
@@ -145,6 +153,8 @@ class Swish(nn.Module):
 @register(
     "mish",
     kind="act",
+    bounded_below=True,
+    self_gated=True,
     paper=papers.MISH,
     formula="f(x) = x * tanh(softplus(x)) = x * tanh(ln(1 + e^x))",
     functional=NF.mish,
@@ -166,6 +176,8 @@ class Mish(InplaceActivation):
 @register(
     "golu",
     kind="act",
+    bounded_below=True,
+    self_gated=True,
     paper=papers.GOLU,
     formula="f(x) = x * alpha * exp(-beta * exp(-gamma * x)); alpha = beta = gamma = 1: x * GumbelCDF(x)",
     functional=NF.golu,

@@ -166,6 +166,7 @@ _BN_DOC = r"""Batch normalization (Ioffe & Szegedy, 2015, arXiv:1502.03167) of {
 @register(
     "batchnorm1d",
     kind="norm",
+    verified_against=("torch.nn.BatchNorm1d",),
     paper=papers.BATCH_NORM,
     formula=_BN_FORMULA,
     functional=NF.batch_norm,
@@ -183,6 +184,7 @@ class BatchNorm1d(_BatchNorm):
 @register(
     "batchnorm2d",
     kind="norm",
+    verified_against=("torch.nn.BatchNorm2d",),
     paper=papers.BATCH_NORM,
     formula=_BN_FORMULA,
     functional=NF.batch_norm,

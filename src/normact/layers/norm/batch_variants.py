@@ -87,6 +87,7 @@ def _momentum_factor(module: nn.Module) -> float | Tensor:
 @register(
     "batchrenorm",
     kind="norm",
+    verified_against=("torch.nn.BatchNorm2d",),
     paper=BATCH_RENORM,
     formula=(
         "training: y = ((x - mu_B) / sigma_B * r + d) * weight + bias, sigma_B = sqrt(Var_B[x] + eps), "
@@ -219,6 +220,7 @@ class BatchRenorm(nn.Module):
 @register(
     "ibn",
     kind="norm",
+    verified_against=("torch.nn.InstanceNorm2d", "torch.nn.BatchNorm2d"),
     paper=IBN_NET,
     formula=(
         "y = cat(InstanceNorm(x[:, :h]) * in_weight + in_bias, BatchNorm(x[:, h:]) * bn_weight + bn_bias) "

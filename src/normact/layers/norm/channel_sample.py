@@ -53,6 +53,7 @@ class _ChannelSampleNorm(nn.Module):
 @register(
     "layernorm2d",
     kind="norm",
+    verified_against=("timm.layers.norm.LayerNorm2d",),
     paper=papers.LAYER_NORM,
     formula="y = (x - E_c[x]) / sqrt(Var_c[x] + eps) * weight + bias; E_c, Var_c over the C channels at each "
     "sample and spatial position of (N, C, H, W)",
@@ -98,6 +99,7 @@ class LayerNorm2d(_ChannelSampleNorm):
 @register(
     "groupnorm1",
     kind="norm",
+    verified_against=("timm.layers.norm.GroupNorm1",),
     paper=papers.GROUP_NORM,
     formula="y = (x - E[x]) / sqrt(Var[x] + eps) * weight + bias; E, Var per sample over all of (C, *spatial)",
     functional=NF.group_norm1,

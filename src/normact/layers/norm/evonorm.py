@@ -131,6 +131,7 @@ _B_ARGS = """
 @register(
     "evonorm_b0",
     kind="norm",
+    verified_against=("timm.layers.evo_norm.EvoNorm2dB0",),
     paper=EVONORM,
     formula="y = x / max(sqrt(s_b^2 + eps), v * x + sqrt(s_w^2 + eps)) * weight + bias; s_w^2 = biased variance "
     "per sample and channel over (H, W); " + _B_STATS + _NO_ACT,
@@ -193,6 +194,7 @@ class EvoNorm2dB0(_EvoNormB):
 @register(
     "evonorm_b1",
     kind="norm",
+    verified_against=("timm.layers.evo_norm.EvoNorm2dB1",),
     paper=EVONORM,
     formula="y = x / max(sqrt(s_b^2 + eps), (x + 1) * sqrt(E_hw[x^2] + eps)) * weight + bias; E_hw per sample "
     "and channel over (H, W); " + _B_STATS + _NO_ACT,
@@ -249,6 +251,7 @@ class EvoNorm2dB1(_EvoNormB):
 @register(
     "evonorm_b2",
     kind="norm",
+    verified_against=("timm.layers.evo_norm.EvoNorm2dB2",),
     paper=EVONORM,
     formula="y = x / max(sqrt(s_b^2 + eps), sqrt(E_hw[x^2] + eps) - x) * weight + bias; E_hw per sample and "
     "channel over (H, W); " + _B_STATS + _NO_ACT,
@@ -387,6 +390,7 @@ class _S0Base(_EvoNormS):
 @register(
     "evonorm_s0",
     kind="norm",
+    verified_against=("timm.layers.evo_norm.EvoNorm2dS0",),
     paper=EVONORM,
     formula="y = x * sigmoid(v * x) / sqrt(Var_g[x] + eps) * weight + bias; Var_g biased, " + _S_STATS + _NO_ACT,
     functional=NF.evonorm_s0,
@@ -431,6 +435,7 @@ class EvoNorm2dS0(_S0Base):
 @register(
     "evonorm_s0a",
     kind="norm",
+    verified_against=("timm.layers.evo_norm.EvoNorm2dS0a",),
     paper=EVONORM,
     formula="y = x * sigmoid(v * x) / sqrt(Var_g[x] + eps) * weight + bias; Var_g biased, " + _S_STATS + _NO_ACT_A,
     functional=NF.evonorm_s0a,
@@ -474,6 +479,7 @@ class EvoNorm2dS0a(_S0Base):
 @register(
     "evonorm_s1",
     kind="norm",
+    verified_against=("timm.layers.evo_norm.EvoNorm2dS1",),
     paper=EVONORM,
     formula="y = silu(x) / sqrt(Var_g[x] + eps) * weight + bias; Var_g biased, " + _S_STATS + _NO_ACT,
     functional=NF.evonorm_s1,
@@ -517,6 +523,7 @@ class EvoNorm2dS1(_EvoNormS):
 @register(
     "evonorm_s1a",
     kind="norm",
+    verified_against=("timm.layers.evo_norm.EvoNorm2dS1a",),
     paper=EVONORM,
     formula="y = silu(x) / sqrt(Var_g[x] + eps) * weight + bias; Var_g biased, " + _S_STATS + _NO_ACT_A,
     functional=NF.evonorm_s1a,
@@ -559,6 +566,7 @@ class EvoNorm2dS1a(_EvoNormS):
 @register(
     "evonorm_s2",
     kind="norm",
+    verified_against=("timm.layers.evo_norm.EvoNorm2dS2",),
     paper=EVONORM,
     formula="y = silu(x) / sqrt(E_g[x^2] + eps) * weight + bias; E_g " + _S_STATS + _NO_ACT,
     functional=NF.evonorm_s2,
@@ -603,6 +611,7 @@ class EvoNorm2dS2(_EvoNormS):
 @register(
     "evonorm_s2a",
     kind="norm",
+    verified_against=("timm.layers.evo_norm.EvoNorm2dS2a",),
     paper=EVONORM,
     formula="y = silu(x) / sqrt(E_g[x^2] + eps) * weight + bias; E_g " + _S_STATS + _NO_ACT_A,
     functional=NF.evonorm_s2a,

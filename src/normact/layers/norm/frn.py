@@ -26,6 +26,7 @@ _AFFINE = (Param("weight", "(C,)", "1"), Param("bias", "(C,)", "0"))
 @register(
     "frn_no_tlu",
     kind="norm",
+    verified_against=("timm.layers.filter_response_norm.FilterResponseNormAct2d",),
     paper=FRN,
     formula=_FORMULA + " (no TLU)",
     functional=NF.filter_response_norm,
@@ -35,6 +36,7 @@ _AFFINE = (Param("weight", "(C,)", "1"), Param("bias", "(C,)", "0"))
 @register(
     "frn",
     kind="norm",
+    verified_against=("timm.layers.filter_response_norm.FilterResponseNormTlu2d",),
     paper=FRN,
     formula=_FORMULA + "; then the TLU z = max(y, tau), tau learned per channel",
     functional=NF.filter_response_norm,

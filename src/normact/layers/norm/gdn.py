@@ -47,6 +47,7 @@ _COMPRESSAI_BUFFERS = {
 @register(
     "gdn",
     kind="norm",
+    verified_against=("compressai.layers.GDN",),
     paper=GDN_PAPER,
     formula="y_i = x_i / sqrt(beta_i + sum_j gamma_ij x_j^2) across channels at each position" + _REPARAM,
     functional=NF.generalized_divisive_norm,
@@ -56,6 +57,7 @@ _COMPRESSAI_BUFFERS = {
 @register(
     "gdn_simplified",
     kind="norm",
+    verified_against=("compressai.layers.GDN1",),
     paper=GDN_SIMPLIFIED_PAPER,
     formula="y_i = x_i / (beta_i + sum_j gamma_ij |x_j|) across channels at each position" + _REPARAM,
     functional=NF.generalized_divisive_norm,
@@ -177,6 +179,7 @@ class GDN(nn.Module):
 @register(
     "igdn",
     kind="norm",
+    verified_against=("compressai.layers.GDN",),
     paper=GDN_PAPER,
     formula="y_i = x_i * sqrt(beta_i + sum_j gamma_ij x_j^2) across channels at each position" + _REPARAM,
     functional=NF.generalized_divisive_norm,

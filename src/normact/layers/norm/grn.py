@@ -23,6 +23,7 @@ CONVNEXT_V2 = Paper(
 @register(
     "grn",
     kind="norm",
+    verified_against=("timm.layers.grn.GlobalResponseNorm",),
     paper=CONVNEXT_V2,
     formula="Gx = ||x||_2 over (H, W) per sample and channel; Nx = Gx / (mean over channels of Gx + eps); "
     "y = weight * (x * Nx) + bias + x",

@@ -27,6 +27,7 @@ __all__ = ["GroupNorm", "InstanceNorm2d"]
 @register(
     "groupnorm",
     kind="norm",
+    verified_against=("torch.nn.GroupNorm",),
     paper=papers.GROUP_NORM,
     formula="y = (x - E_g[x]) / sqrt(Var_g[x] + eps) * weight + bias; E_g, Var_g per sample over the "
     "C/G channels of a group and the spatial dims",
@@ -92,6 +93,7 @@ class GroupNorm(nn.Module):
 @register(
     "instancenorm2d",
     kind="norm",
+    verified_against=("torch.nn.InstanceNorm2d",),
     paper=papers.INSTANCE_NORM,
     formula="y = (x - E[x]) / sqrt(Var[x] + eps) * weight + bias; E, Var per sample and channel over (H, W)",
     functional=NF.instance_norm,

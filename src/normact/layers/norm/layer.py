@@ -71,6 +71,7 @@ _AFFINE_PARAMS = (
 @register(
     "layernorm",
     kind="norm",
+    verified_against=("torch.nn.LayerNorm",),
     paper=papers.LAYER_NORM,
     formula="y = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias, over the last dims (biased variance)",
     functional=NF.layer_norm,
@@ -117,6 +118,7 @@ class LayerNorm(_LastDimNorm):
 @register(
     "rmsnorm",
     kind="norm",
+    verified_against=("torch.nn.RMSNorm",),
     paper=papers.RMS_NORM,
     formula="y = x / sqrt(mean(x^2) + eps) * weight, over the last dims (torch.nn.RMSNorm semantics)",
     functional=NF.rms_norm,
