@@ -7,6 +7,8 @@ import ast
 import contextlib
 import dataclasses
 import functools
+import importlib
+import pkgutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,10 +31,12 @@ from normact.testing import (
     check_dtypes,
     check_factory_kwargs,
     check_gradients,
+    check_kink_derivatives,
+    check_points,
     check_reference,
     snapshot,
 )
-from normact.testing.checks import call_reference, prepared
+from normact.testing.checks import call_reference, cond_inputs, prepared
 from tests.entries import ENTRIES
 from tests.entries.norm import ref_rmsnorm_paper
 
@@ -50,7 +54,10 @@ def normact_forbidden() -> Iterator[None]:
         raise AssertionError("a harness reference called normact")
 
     patches: list[tuple[object, str, object]] = []
-    modules = [normact.functional, normact.functional.norm, normact.functional.act]
+    modules = [normact.functional] + [
+        importlib.import_module(f"normact.functional.{m.name}")
+        for m in pkgutil.iter_modules(normact.functional.__path__)
+    ]
     for module in modules:
         for name in getattr(module, "__all__", []):
             patches.append((module, name, getattr(module, name)))
@@ -72,10 +79,12 @@ def test_reference_does_not_call_normact(name):
     for case in entry.cases:
         module = prepared(entry, case)
         x = case.make_input(torch.Generator().manual_seed(0))
+        cond = cond_inputs(case)
         params = snapshot(module)
         with normact_forbidden():
-            y, _ = call_reference(entry, case, x, params)
-        assert torch.isfinite(y).all()
+            y, _ = call_reference(entry, case, x, params, cond)
+        for out in y if isinstance(y, tuple) else (y,):
+            assert torch.isfinite(out).all()
 
 
 def test_forbidden_patch_is_effective():
@@ -329,3 +338,25 @@ def test_reference_grad_replaces_gradcheck_and_catches_the_exact_gradient():
         entry = half_grad_entry("toy_exact_grad")
         with pytest.raises(AssertionError, match="grad 'input'"):
             check_gradients(entry, entry.cases[0])
+
+
+class WrongSlopeRelu(nn.Module):
+    """ReLU whose backward has slope 0.5 on the positive side: invisible to gradcheck only if it skipped
+    the kink region; here it is caught by the kink-derivative check too."""
+
+    def forward(self, x):
+        return (
+            torch.where(x > 0, x, torch.zeros_like(x)) * 0.5 + torch.where(x > 0, x, torch.zeros_like(x)).detach() * 0.5
+        )
+
+
+def test_points_and_kink_derivatives_catch_wrong_values_and_slopes():
+    relu_entry = ENTRIES["relu"]
+    with registered("toy_wrong_slope", WrongSlopeRelu, kind="act"):
+        entry = dataclasses.replace(relu_entry, name="toy_wrong_slope")
+        check_points(entry)  # the values are right
+        with pytest.raises(AssertionError, match="each side of the kink"):
+            check_kink_derivatives(entry)
+    wrong = dataclasses.replace(relu_entry, points=((2.5, 2.4),))
+    with pytest.raises(AssertionError, match=r"expected 2\.4"):
+        check_points(wrong)

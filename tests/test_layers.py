@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given
 
 import normact
-from normact.testing import CASE_CHECKS, check_compile, check_contract, check_dtypes, check_reference
+from normact.testing import (
+    CASE_CHECKS,
+    check_compile,
+    check_contract,
+    check_dtypes,
+    check_kink_derivatives,
+    check_points,
+    check_reference,
+)
 from normact.testing.strategies import cases
 from tests.entries import ENTRIES
 
@@ -27,6 +35,21 @@ def test_every_layer_has_an_entry():
 @pytest.mark.parametrize("name", sorted(ENTRIES))
 def test_contract(name):
     check_contract(ENTRIES[name])
+
+
+@pytest.mark.parametrize("name", sorted(ENTRIES))
+def test_exact_points_and_kink_derivatives(name):
+    """Values worked out by hand from the formula, and the derivative on each side of every kink."""
+    check_points(ENTRIES[name])
+    check_kink_derivatives(ENTRIES[name])
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(ENTRIES) if normact.info(n).kind == "act"])
+def test_every_activation_has_three_exact_points_and_declares_its_kinks(name):
+    entry = ENTRIES[name]
+    assert len(entry.points) >= 3, f"{name}: give at least three exact values (LayerEntry.points)"
+    if not entry.info.properties.smooth and not entry.info.properties.gated:
+        assert entry.kinks, f"{name} is registered smooth=False: list its kinks (LayerEntry.kinks)"
 
 
 @pytest.mark.parametrize("check", DEFAULT_CHECKS)

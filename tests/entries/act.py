@@ -78,6 +78,14 @@ _POINTWISE = (
 )
 
 
+E = math.e
+PHI_1 = 0.5 * (1 + math.erf(1 / math.sqrt(2)))  # Phi(1) = 0.8413447460685429
+
+
+def _gelu_tanh(x):
+    return 0.5 * x * (1 + math.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+
+
 def _pointwise(name, reference, functional, kinks=(), **kwargs):
     return LayerEntry(
         name=name,
@@ -91,12 +99,34 @@ def _pointwise(name, reference, functional, kinks=(), **kwargs):
 
 
 ENTRIES = (
-    _pointwise("relu", ref_relu, lambda x, m: NF.relu(x), kinks=(0.0,)),
-    _pointwise("relu2", ref_relu2, lambda x, m: NF.relu2(x), kinks=(0.0,)),
-    _pointwise("gelu", ref_gelu, lambda x, m: NF.gelu(x, m.approximate)),
-    _pointwise("gelu_tanh", ref_gelu, lambda x, m: NF.gelu(x, m.approximate)),
-    _pointwise("silu", ref_silu, lambda x, m: NF.silu(x)),
-    _pointwise("mish", ref_mish, lambda x, m: NF.mish(x)),
+    _pointwise("relu", ref_relu, lambda x, m: NF.relu(x), kinks=(0.0,), points=((-2.0, 0.0), (0.0, 0.0), (2.5, 2.5))),
+    _pointwise(
+        "relu2", ref_relu2, lambda x, m: NF.relu2(x), kinks=(0.0,), points=((3.0, 9.0), (-3.0, 0.0), (0.5, 0.25))
+    ),
+    _pointwise(
+        "gelu",
+        ref_gelu,
+        lambda x, m: NF.gelu(x, m.approximate),
+        points=((0.0, 0.0), (1.0, PHI_1), (-1.0, -(1 - PHI_1)), (2.0, 2 * 0.5 * (1 + math.erf(2 / math.sqrt(2))))),
+    ),
+    _pointwise(
+        "gelu_tanh",
+        ref_gelu,
+        lambda x, m: NF.gelu(x, m.approximate),
+        points=((0.0, 0.0), (1.0, _gelu_tanh(1.0)), (-1.0, _gelu_tanh(-1.0))),
+    ),
+    _pointwise(
+        "silu",
+        ref_silu,
+        lambda x, m: NF.silu(x),
+        points=((0.0, 0.0), (1.0, 1 / (1 + 1 / E)), (-1.0, -1 / (1 + E))),
+    ),
+    _pointwise(
+        "mish",
+        ref_mish,
+        lambda x, m: NF.mish(x),
+        points=((0.0, 0.0), (1.0, math.tanh(math.log(1 + E))), (-1.0, -math.tanh(math.log(1 + 1 / E)))),
+    ),
     LayerEntry(
         name="golu",
         reference=ref_golu,
@@ -107,6 +137,7 @@ ENTRIES = (
         ),
         functional=lambda x, m: NF.golu(x, m.alpha, m.beta, m.gamma),
         layout=ANY,
+        points=((0.0, 0.0), (1.0, math.exp(-1 / E)), (-1.0, -math.exp(-E))),
         bad_init=({"alpha": 0.0}, {"gamma": -1.0}),
     ),
     LayerEntry(
@@ -130,6 +161,7 @@ ENTRIES = (
         ),
         functional=lambda x, m: NF.swish(x, m.beta, m.channel_axis),
         layout=ANY,
+        points=((0.0, 0.0), (1.0, 1 / (1 + 1 / E)), (2.0, 2 / (1 + E**-2))),
     ),
     LayerEntry(
         name="swiglu",
@@ -140,6 +172,7 @@ ENTRIES = (
         ),
         functional=lambda x, m: NF.swiglu(x, m.dim),
         layout=SPLIT_LAST,
+        points=(((1.0, 2.0), 2 / (1 + 1 / E)), ((0.0, 5.0), 0.0), ((-1.0, -3.0), 3 / (1 + E))),
     ),
     LayerEntry(
         name="geglu",
@@ -150,5 +183,6 @@ ENTRIES = (
         ),
         functional=lambda x, m: NF.geglu(x, m.dim),
         layout=SPLIT_LAST,
+        points=(((1.0, 2.0), 2 * PHI_1), ((0.0, 1.0), 0.0), ((-1.0, 1.0), -(1 - PHI_1))),
     ),
 )

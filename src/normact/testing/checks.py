@@ -495,6 +495,60 @@ def check_inplace(entry: LayerEntry, case: Case) -> None:
     assert_close(x_inplace, expected, 0.0, 0.0, f"{entry.name}[{case.id}] inplace input")
 
 
+def _pointwise_module(entry: LayerEntry) -> nn.Module:
+    """The layer at its initial parameters (registry defaults and ``points_init``), float64."""
+    torch.manual_seed(_SEED)
+    return entry.build(Case(init=dict(entry.points_init)), dtype=torch.float64).eval()
+
+
+def _apply_pointwise(entry: LayerEntry, module: nn.Module, x: Tensor) -> Tensor:
+    """``module`` on a batch of scalars (a (k, 2) batch of halves for gated layers): as a 1-D input, or as
+    (k, 1) for layers that want a channel axis."""
+    if entry.info.properties.gated:
+        return module(x)
+    try:
+        return module(x)
+    except ValueError:
+        return module(x[:, None])[:, 0]
+
+
+def check_points(entry: LayerEntry) -> None:
+    """The exact values ``entry.points`` (worked out from the formula) in float64, to 1e-12."""
+    if not entry.points:
+        return
+    module = _pointwise_module(entry)
+    xs = torch.tensor([p[0] for p in entry.points], dtype=torch.float64)
+    want = torch.tensor([p[1] for p in entry.points], dtype=torch.float64)
+    got = _apply_pointwise(entry, module, xs).reshape(-1)
+    for (x, expected), value in zip(entry.points, got.tolist(), strict=True):
+        if not abs(value - expected) <= 1e-12 + 1e-12 * abs(expected):
+            raise AssertionError(f"{entry.name}: f({x}) = {value!r}, expected {expected!r} from the formula")
+    assert want.shape == got.shape
+
+
+def check_kink_derivatives(entry: LayerEntry, offset: float = 1e-3) -> None:
+    """On each side of each kink (``entry.kinks``) the layer's derivative equals the reference's (autograd
+    through the float64 reference), so that gradcheck, which avoids the kinks, misses nothing there.
+    Elementwise activations only (a norm's kinks are not at fixed input values)."""
+    if not entry.kinks or entry.info.kind != "act":
+        return
+    module = _pointwise_module(entry)
+    params = snapshot(module)
+    hparams = entry.hparams(Case(init=dict(entry.points_init)))
+    hparams["training"] = False
+    for kink in entry.kinks:
+        x = torch.tensor([kink - offset, kink + offset], dtype=torch.float64)
+        if entry.info.properties.gated:
+            x = torch.stack([x, torch.ones_like(x)], dim=-1)
+        x_layer = x.clone().requires_grad_(True)
+        (g_layer,) = torch.autograd.grad(_apply_pointwise(entry, module, x_layer).sum(), x_layer)
+        x_ref = x.clone().requires_grad_(True)
+        out = entry.reference(x_ref, params, hparams)
+        y_ref = out[0] if isinstance(out, tuple) else out
+        (g_ref,) = torch.autograd.grad(y_ref.sum(), x_ref)
+        assert_close(g_layer, g_ref, 1e-9, 1e-9, f"{entry.name}: derivative on each side of the kink at {kink}")
+
+
 CASE_CHECKS: dict[str, Callable[[LayerEntry, Case], None]] = {
     "reference": check_reference,
     "detects_perturbation": check_detects_perturbation,
@@ -513,6 +567,8 @@ CASE_CHECKS: dict[str, Callable[[LayerEntry, Case], None]] = {
 def run_all(entry: LayerEntry, compile_backend: str = "aot_eager") -> None:
     """Run every check on every case of ``entry`` (for users putting their own layer through the harness)."""
     check_contract(entry)
+    check_points(entry)
+    check_kink_derivatives(entry)
     for case in entry.cases:
         for name, check in CASE_CHECKS.items():
             if name == "compile":

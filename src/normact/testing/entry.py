@@ -164,6 +164,11 @@ class LayerEntry:
         reference_grad: for a backward that is deliberately not the exact gradient (see
             :data:`ReferenceGrad`): the gradient check compares the layer's backward with it in float64
             instead of running gradcheck against finite differences.
+        points: exact values ``(x, f(x))`` worked out by hand from the formula (activations need at least
+            three): the layer built with the registry defaults and ``points_init`` (initial parameters, no
+            perturbation) must give them in float64. For gated activations ``x`` is the pair of halves
+            ``(a, b)``.
+        points_init: constructor arguments for the ``points`` and kink checks (default: registry defaults).
     """
 
     name: str
@@ -177,6 +182,8 @@ class LayerEntry:
     large_input: bool | None = None
     perturb: Callable[[nn.Module, torch.Generator], None] | None = None
     reference_grad: ReferenceGrad | None = None
+    points: tuple[tuple[float | tuple[float, float], float], ...] = ()
+    points_init: Mapping[str, Any] = field(default_factory=dict)
 
     @functools.cached_property
     def info(self) -> LayerInfo:
