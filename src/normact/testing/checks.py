@@ -488,7 +488,7 @@ def check_inplace(entry: LayerEntry, case: Case) -> None:
     x = case.make_input(generator())
     cond = cond_inputs(case)
     expected = entry.build(case, dtype=torch.float64)(x.clone(), **cond)
-    module = entry.info.factory(**{**case.init, "inplace": True})
+    module = entry.info.factory(**{**case.init, "inplace": True}).train(case.train)
     x_inplace = x.clone()
     out = module(x_inplace, **cond)
     assert_close(out, expected, 0.0, 0.0, f"{entry.name}[{case.id}] inplace output")
