@@ -107,3 +107,10 @@ def test_plot_act_rejects_bad_arguments(app, tmp_path, args):
     result = runner.invoke(app, ["plot-act", *args, "--out", str(tmp_path / "a.png")])
     assert result.exit_code == 2
     assert "error" in result.output
+
+
+def test_info_prints_square_brackets_in_formulas_verbatim(app):
+    """rich markup must not swallow formula text such as Var_B[x]."""
+    result = runner.invoke(app, ["info", "batchrenorm"])
+    assert result.exit_code == 0, result.output
+    assert "Var_B[x]" in result.output

@@ -79,9 +79,9 @@ def _build_app() -> Any:
         if as_json:
             print(json.dumps(info.as_dict(), indent=2))
             return
-        console.print(f"[bold]{info.name}[/]  ({info.kind})  {info.summary}")
-        console.print(f"[bold]formula[/]     {info.formula}")
-        console.print(f"[bold]paper[/]       {info.paper.cite()}")
+        console.print(f"[bold]{info.name}[/]  ({info.kind})  {escape(info.summary)}")
+        console.print(f"[bold]formula[/]     {escape(info.formula)}")
+        console.print(f"[bold]paper[/]       {escape(info.paper.cite())}")
         console.print(f"[bold]class[/]       {info.cls.__module__}.{info.cls.__qualname__}")
         console.print(f"[bold]functional[/]  normact.functional.{info.functional.__name__}")
         if info.defaults:
@@ -91,7 +91,7 @@ def _build_app() -> Any:
         if info.params:
             table = Table("parameter", "shape", "initial value", "kind", header_style="bold")
             for p in info.params:
-                table.add_row(p.name, p.shape, p.init, "buffer" if p.buffer else "parameter")
+                table.add_row(escape(p.name), escape(p.shape), escape(p.init), "buffer" if p.buffer else "parameter")
             console.print(table)
         else:
             console.print("[bold]parameters[/]  none")
@@ -104,7 +104,7 @@ def _build_app() -> Any:
                 "  (z ~ N(0, 1), by quadrature)"
             )
             console.print("[bold]gaussian[/]    " + escape(text))
-        console.print("[bold]verified[/]    " + "; ".join(info.as_dict()["verified_against"]))
+        console.print("[bold]verified[/]    " + escape("; ".join(info.as_dict()["verified_against"])))
 
     @app.command("catalog")
     def catalog_command(

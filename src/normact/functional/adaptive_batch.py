@@ -1,0 +1,210 @@
+"""Stateless forms of two BatchNorm variants that adapt their statistics: alpha-BN, test-time calibration of
+the statistics by mixing source and test-batch statistics (You, Li & Zhao, 2021, arXiv:2110.04065), and AdaB2N,
+task-balanced statistics for continual learning (Lyu et al., 2023, arXiv:2310.08855).
+
+Parameters and buffers are arguments; running statistics passed in are updated in place in training, as
+``torch.nn.functional.batch_norm`` does. Batch moments are combined over a process group with ``sync=True``
+(see :mod:`normact.distributed`). float16/bfloat16 inputs are normalized in float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from normact._checks import check_channels, check_eps, check_float, check_tensor, shape_str, upcast
+from normact.distributed import batch_moments, sync_active
+
+__all__ = ["adab2n", "alpha_batch_norm"]
+
+
+def _view(x: Tensor) -> tuple[int, ...]:
+    return (1, -1) + (1,) * (x.dim() - 2)
+
+
+def _dims(x: Tensor) -> tuple[int, ...]:
+    return (0, *range(2, x.dim()))
+
+
+def _check_common(name: str, x: Tensor, eps: float, running_mean: Tensor, tensors: dict[str, Tensor | None]) -> int:
+    check_tensor(x, name)
+    if x.dim() < 2:
+        raise ValueError(f"{name} expects an input of shape (N, C, *), got shape {shape_str(x.shape)}")
+    check_eps(eps)
+    if running_mean is None or tensors.get("running_var", 0) is None:
+        raise ValueError(f"{name} needs running_mean and running_var")
+    channels = running_mean.numel()
+    check_channels(x, 1, channels, name, f"(N, {channels}, *)")
+    for arg, t in tensors.items():
+        if t is not None and t.numel() != channels:
+            raise ValueError(f"{name}: {arg} must have {channels} elements, got shape {shape_str(t.shape)}")
+    return channels
+
+
+def _check_factor(name: str, factor: float | Tensor) -> None:
+    if not isinstance(factor, Tensor):
+        check_float(name, factor, low=0.0, high=1.0)
+
+
+def _batch_stats(name: str, xf: Tensor, sync: bool, process_group: Any) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-channel batch mean, biased variance and count over (N, *spatial) (the process group's with sync)."""
+    synced = sync and sync_active(process_group)
+    n = xf.numel() // xf.shape[1] if xf.shape[1] else 0
+    if n <= 1 and not synced:
+        raise ValueError(
+            f"{name} in training needs more than 1 value per channel (N * spatial > 1), "
+            f"got input shape {shape_str(xf.shape)}"
+        )
+    return batch_moments(xf, _dims(xf), sync=synced, process_group=process_group)
+
+
+def _affine(y: Tensor, weight: Tensor | None, bias: Tensor | None, view: tuple[int, ...]) -> Tensor:
+    if weight is not None:
+        y = y * weight.view(view).to(y.dtype)
+    if bias is not None:
+        y = y + bias.view(view).to(y.dtype)
+    return y
+
+
+def _as_factor(factor: float | Tensor, dtype: torch.dtype) -> float | Tensor:
+    return factor.to(dtype) if isinstance(factor, Tensor) else factor
+
+
+def alpha_batch_norm(
+    x: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float | Tensor = 0.1,
+    eps: float = 1e-5,
+    alpha: float = 0.9,
+    sync: bool = False,
+    process_group: Any = None,
+) -> Tensor:
+    r"""alpha-BN (You, Li & Zhao, 2021, arXiv:2110.04065) over dim 1 of an ``(N, C, *)`` input.
+
+    Training: BatchNorm (batch mean and biased variance over (N, *spatial); ``running_mean``/``running_var``
+    lerped in place towards the batch mean and the unbiased variance with ``momentum``, a float or a 0-d
+    tensor). Evaluation: the source (running) statistics calibrated with the test batch's,
+    :math:`\hat\mu = \alpha\mu_s + (1 - \alpha)\mu_B`, :math:`\hat\sigma^2 = \alpha\sigma_s^2 +
+    (1 - \alpha)\sigma_B^2` (biased batch variance, over the process group with ``sync``), and
+    :math:`y = (x - \hat\mu)/\sqrt{\hat\sigma^2 + \epsilon}\,\gamma + \beta`; no buffer changes."""
+    name = "alpha_batch_norm"
+    _check_common(name, x, eps, running_mean, {"running_var": running_var, "weight": weight, "bias": bias})
+    _check_factor("momentum", momentum)
+    check_float("alpha", alpha, low=0.0, high=1.0)
+    xf = upcast(x)
+    view = _view(xf)
+    rm, rv = running_mean.to(xf.dtype), running_var.to(xf.dtype)
+    if training:
+        mean, var, count = _batch_stats(name, xf, sync, process_group)
+        with torch.no_grad():
+            factor = _as_factor(momentum, xf.dtype)
+            unbiased = var.detach() * (count / (count - 1).clamp_min(1))
+            running_mean.copy_(torch.lerp(rm, mean.detach(), factor))
+            running_var.copy_(torch.lerp(rv, unbiased, factor))
+    elif alpha == 1.0:
+        mean, var = rm, rv
+    else:
+        synced = sync and sync_active(process_group)
+        bmean, bvar, _ = batch_moments(xf, _dims(xf), sync=synced, process_group=process_group)
+        mean = alpha * rm + (1.0 - alpha) * bmean
+        var = alpha * rv + (1.0 - alpha) * bvar
+    y = (xf - mean.view(view)) * torch.rsqrt(var.view(view) + eps)
+    return _affine(y, weight, bias, view).to(x.dtype)
+
+
+def _task_weighted_stats(
+    xf: Tensor, task_weight: Tensor, task_ids: Tensor, cur_tasks: Tensor, synced: bool, process_group: Any
+) -> tuple[Tensor, Tensor]:
+    """AdaB2N's Bayesian task-balanced batch statistics (official ``training_forward``): per-task Dirichlet
+    concentrations exp(task_weight) + batch counts over the tasks 0..cur_tasks, their normalized values p_t,
+    each sample weighted p_t / n_t; mean and (biased) variance are the weighted sums over samples of the
+    per-sample spatial means."""
+    k = task_weight.numel()
+    tasks = torch.arange(k, device=xf.device)
+    onehot = (task_ids.reshape(-1, 1) == tasks.reshape(1, -1)).to(xf.dtype)  # ids outside [0, k): weight 0
+    counts = onehot.sum(0)
+    if synced:
+        from torch.distributed.nn.functional import all_reduce
+
+        counts = all_reduce(counts, group=process_group)
+    included = tasks <= cur_tasks
+    tw = task_weight.to(xf.dtype)
+    concentration = torch.where(included, tw.exp() + counts, torch.zeros_like(tw))
+    p = concentration / concentration.sum()
+    sample_weight = onehot @ (p / counts.clamp_min(1))
+    spatial = tuple(range(2, xf.dim()))
+    per_sample_mean = xf.mean(spatial) if spatial else xf
+    mean = (sample_weight.reshape(-1, 1) * per_sample_mean).sum(0)
+    if synced:
+        mean = all_reduce(mean, group=process_group)
+    sq = (xf - mean.view(_view(xf))).square()
+    per_sample_sq = sq.mean(spatial) if spatial else sq
+    var = (sample_weight.reshape(-1, 1) * per_sample_sq).sum(0)
+    if synced:
+        var = all_reduce(var, group=process_group)
+    return mean, var
+
+
+def adab2n(
+    x: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    task_weight: Tensor | None = None,
+    task_ids: Tensor | None = None,
+    cur_tasks: Tensor | int = 0,
+    training: bool = False,
+    eta: float | Tensor = 0.1,
+    eps: float = 1e-5,
+    sync: bool = False,
+    process_group: Any = None,
+    return_stats: bool = False,
+) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+    r"""AdaB2N (Lyu et al., 2023, arXiv:2310.08855) over dim 1 of an ``(N, C, *)`` input.
+
+    Training: :math:`y = (x - \mu)/\sqrt{\sigma^2 + \epsilon}\,\gamma + \beta` with the batch statistics, then
+    ``running_mean <- lerp(running_mean, mu, eta)``, ``running_var <- lerp(running_var, sigma^2, eta)`` in
+    place (``eta`` the modified momentum, a float or a 0-d tensor; the biased variance, as the official code).
+    With ``task_weight`` (T,) and per-sample ``task_ids`` (N,) and ``cur_tasks > 0``, the statistics are
+    task-balanced: :math:`c_t = e^{w_t} + n_t` for the tasks :math:`t \le` ``cur_tasks`` (0 for later ones),
+    :math:`p = c / \sum c`, sample weights :math:`p_{t_i}/n_{t_i}`,
+    :math:`\mu = \sum_i (p_{t_i}/n_{t_i})\,\bar x_i` and
+    :math:`\sigma^2 = \sum_i (p_{t_i}/n_{t_i})\,\overline{(x_i - \mu)^2}` (bars: means over the spatial dims;
+    counts and sums over the process group with ``sync``). Otherwise (no ids, or ``cur_tasks == 0``) the plain
+    batch statistics over (N, *spatial). Evaluation: the running statistics (``task_ids`` ignored).
+    ``return_stats=True`` also returns the statistics used (float32 for half inputs)."""
+    name = "adab2n"
+    _check_common(name, x, eps, running_mean, {"running_var": running_var, "weight": weight, "bias": bias})
+    _check_factor("eta", eta)
+    xf = upcast(x)
+    view = _view(xf)
+    if not training:
+        mean, var = running_mean.to(xf.dtype), running_var.to(xf.dtype)
+    else:
+        mean, var, _ = _batch_stats(name, xf, sync, process_group)
+        if task_weight is not None and task_ids is not None:
+            if task_ids.dim() != 1 or task_ids.shape[0] != x.shape[0] or task_ids.is_floating_point():
+                raise ValueError(
+                    f"{name}: task_ids must be an integer tensor of shape ({x.shape[0]},) for input shape "
+                    f"{shape_str(x.shape)}, got {task_ids.dtype} of shape {shape_str(task_ids.shape)}"
+                )
+            cur = torch.as_tensor(cur_tasks, device=xf.device)
+            synced = sync and sync_active(process_group)
+            wmean, wvar = _task_weighted_stats(xf, task_weight, task_ids, cur, synced, process_group)
+            active = cur > 0
+            mean = torch.where(active, wmean, mean)
+            var = torch.where(active, wvar, var)
+        with torch.no_grad():
+            factor = _as_factor(eta, xf.dtype)
+            running_mean.copy_(torch.lerp(running_mean.to(xf.dtype), mean.detach(), factor))
+            running_var.copy_(torch.lerp(running_var.to(xf.dtype), var.detach(), factor))
+    y = (xf - mean.view(view)) * torch.rsqrt(var.view(view) + eps)
+    y = _affine(y, weight, bias, view).to(x.dtype)
+    return (y, mean, var) if return_stats else y
