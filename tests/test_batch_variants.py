@@ -183,3 +183,29 @@ def test_bcn_with_zero_momentum_is_its_eval_form_and_channel_normalized():
     yg = y.reshape(3, 2, -1)
     torch.testing.assert_close(yg.mean(-1), torch.zeros(3, 2), atol=1e-10, rtol=0)
     torch.testing.assert_close(yg.var(-1, correction=0), torch.ones(3, 2), atol=1e-3, rtol=0)
+
+
+def test_batchrenorm_compiled_gradients_with_unclipped_r_and_d():
+    """The training path whose r and d stay inside their bounds (the harness keeps them clipped, see
+    tests/entries/batch_variants.py): compiled input and parameter gradients equal eager ones over two steps.
+    Guards normact.functional._state.read_state: without it AOTAutograd recomputed r from the updated
+    running_var in the backward pass (pytorch#197039) and the gradients drifted by about 5e-6."""
+    import copy
+
+    torch._dynamo.reset()
+    eager = normact.create("batchrenorm", 4, r_max=10.0, d_max=10.0)
+    _perturb(eager)
+    compiled_module = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_module, backend="aot_eager", fullgraph=True)
+    for step in range(2):
+        x = _x((6, 4, 3, 3), seed=step)
+        xe, xc = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        ye, yc = eager(xe), compiled(xc)
+        g = _x(ye.shape, seed=10 + step)
+        (ye * g).sum().backward()
+        (yc * g).sum().backward()
+        torch.testing.assert_close(yc, ye, atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(xc.grad, xe.grad, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(compiled_module.weight.grad, eager.weight.grad, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(compiled_module.running_var, eager.running_var, atol=1e-12, rtol=1e-12)
+    torch._dynamo.reset()

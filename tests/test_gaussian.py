@@ -73,9 +73,13 @@ def test_gain_scales_a_unit_gaussian_to_unit_variance():
 
 def test_every_registered_activation_has_finite_moments_and_its_declared_lower_bound():
     for name in normact.list_layers(kind="act"):
+        info = normact.info(name)
+        if not info.properties.elementwise:
+            with pytest.raises(ValueError, match="not elementwise"):
+                normact.gaussian_moments(name)
+            continue
         m = normact.gaussian_moments(name)
         assert math.isfinite(m.gain) and m.gain > 0, name
-        info = normact.info(name)
         if info.properties.gated:
             continue
         module = normact.create(name).double().eval()
@@ -98,3 +102,8 @@ def test_non_activation_is_rejected_clearly():
 class _Exploding(nn.Module):
     def forward(self, x):
         return torch.exp(x * 100)
+
+
+def test_norm_layers_have_no_gaussian_moments():
+    with pytest.raises(ValueError, match="activations"):
+        normact.gaussian_moments("layernorm")

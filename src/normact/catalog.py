@@ -29,7 +29,10 @@ def _paper(info: LayerInfo) -> str:
 
 
 def _flags(info: LayerInfo) -> str:
-    return ", ".join(f for f in _FLAGS if getattr(info.properties, f)) or "-"
+    flags = [f for f in _FLAGS if getattr(info.properties, f)]
+    if info.kind == "act" and not info.properties.elementwise:
+        flags.append("not elementwise")
+    return ", ".join(flags) or "-"
 
 
 def _verified(info: LayerInfo) -> str:
@@ -39,6 +42,8 @@ def _verified(info: LayerInfo) -> str:
 def _gaussian(info: LayerInfo) -> str:
     from normact.gaussian import gaussian_moments
 
+    if not info.properties.elementwise:
+        return "n/a (not elementwise)"
     m = gaussian_moments(info.name)
     centred = ", zero-centred" if m.zero_centred else ""
     return f"{m.gain:.4f} (E = {m.mean:.4f}{centred})"

@@ -97,7 +97,9 @@ def _build_app() -> Any:
             console.print("[bold]parameters[/]  none")
         props = info.as_dict()["properties"]
         console.print("[bold]properties[/]  " + ", ".join(f"{k}={v}" for k, v in props.items()))
-        if info.kind == "act":
+        if info.kind == "act" and not info.properties.elementwise:
+            console.print("[bold]gaussian[/]    n/a (not elementwise: the moments depend on the width)")
+        elif info.kind == "act":
             m = normact.gaussian_moments(info.name)
             text = (
                 f"gain 1/sqrt(Var[g(z)]) = {m.gain:.6f}, E[g(z)] = {m.mean:.6f}, zero_centred={m.zero_centred}"

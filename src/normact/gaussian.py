@@ -83,8 +83,22 @@ def _moments(values: Tensor, weights: Tensor) -> GaussianMoments:
     return GaussianMoments(mean=mean, second_moment=second, variance=variance, gain=gain)
 
 
+def _check_elementwise(layer: LayerType | nn.Module) -> None:
+    try:
+        info = get_info(type(layer) if isinstance(layer, nn.Module) else layer)  # type: ignore[arg-type]
+    except (KeyError, TypeError, ValueError):
+        return  # an unregistered module or callable: taken as elementwise
+    if info.kind != "act":
+        raise ValueError(f"{info.name!r} is a {info.kind} layer: Gaussian moments are defined for activations")
+    if not info.properties.elementwise:
+        raise ValueError(
+            f"{info.name!r} is not elementwise: its Gaussian moments depend on the width of the vector it mixes"
+        )
+
+
 @torch.no_grad()
 def _compute(layer: LayerType | nn.Module, kwargs: dict[str, Any]) -> GaussianMoments:
+    _check_elementwise(layer)
     module = _build(layer, kwargs)
     if _is_gated(layer):
         z, w = _simpson_nodes(_INTERVALS_2D)

@@ -69,6 +69,9 @@ class Properties:
     - ``self_gated``: (activations) of the form ``x * s(x)`` with a gate ``s`` computed from the same input
       (SiLU, GELU, Mish); the Gaussian moments (zero-centredness, gain) are computed, see
       :func:`normact.gaussian_moments`.
+    - ``elementwise``: (activations) ``g`` acts on each entry alone; False for those that mix the entries
+      of a vector (top-k, PolyNorm, KAN layers), whose Gaussian moments depend on the width. Not used for
+      norms.
     """
 
     batch_dependent: bool = False
@@ -79,6 +82,7 @@ class Properties:
     gated: bool = False
     bounded_below: bool = False
     self_gated: bool = False
+    elementwise: bool = True
 
 
 @dataclass(frozen=True)

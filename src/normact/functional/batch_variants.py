@@ -15,6 +15,7 @@ from torch import Tensor
 
 from normact._checks import check_channels, check_eps, check_float, check_tensor, shape_str, upcast
 from normact.distributed import batch_moments, sync_active
+from normact.functional._state import read_state
 
 __all__ = ["batch_channel_norm", "batch_renorm", "ibn"]
 
@@ -91,8 +92,10 @@ def batch_renorm(
     check_float("d_max", d_max, nonnegative=True)
     xf = upcast(x)
     view = _view(xf)
-    rm = running_mean.to(xf.dtype)
-    rv = running_var.to(xf.dtype)
+    # read_state: both buffers are updated below; under torch.compile the partitioner could otherwise
+    # recompute r and d from the updated buffers in the backward pass (see normact.functional._state)
+    rm = read_state(running_mean).to(xf.dtype)
+    rv = read_state(running_var).to(xf.dtype)
     sigma = torch.sqrt(rv + eps)
     if training:
         mean, var, count = _train_moments(name, xf, sync, process_group)

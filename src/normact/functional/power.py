@@ -18,6 +18,7 @@ from torch import Tensor
 
 from normact._checks import check_eps, check_float, check_int, check_tensor, shape_str, upcast
 from normact.distributed import sync_active
+from normact.functional._state import read_state
 
 __all__ = ["power_norm"]
 
@@ -31,15 +32,6 @@ def _group_scale(x: Tensor, group_num: int, eps: float) -> Tensor:
     xg = x.reshape(*shape[:-1], group_num, shape[-1] // group_num)
     moment2 = xg.square().mean(-1, keepdim=True)
     return (xg * torch.rsqrt(moment2 + eps)).reshape(shape)
-
-
-def _snapshot(buffer: Tensor, dtype: torch.dtype) -> Tensor:
-    """A copy of a buffer that this forward pass then updates in place, read through ``torch.cat`` (an op the
-    AOTAutograd min-cut partitioner never recomputes): under torch.compile the partitioner may otherwise
-    recompute the read in the backward pass, after the update, and silently give wrong gradients
-    (pytorch/pytorch#197039). Two copies, because Inductor turns a one-tensor cat into a recomputable clone."""
-    n = buffer.shape[0]
-    return torch.cat([buffer, buffer])[:n].to(dtype)
 
 
 def _quadratic_mean(u: Tensor, valid: Tensor | None, sync: bool, process_group: Any) -> tuple[Tensor, Tensor]:
@@ -214,7 +206,8 @@ def power_norm(
     )
     xf = upcast(x)
     u = _group_scale(xf, group_num, eps) if group_num is not None else xf
-    phi = _snapshot(running_phi, u.dtype) if training else running_phi.to(u.dtype)
+    # a copy (the buffer is updated below), read through read_state under torch.compile (pytorch#197039)
+    phi = read_state(running_phi).to(u.dtype, copy=True) if training else running_phi.to(u.dtype)
     if not training:
         z = u * torch.rsqrt(phi + eps)
         if weight is not None:

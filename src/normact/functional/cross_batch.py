@@ -1,0 +1,113 @@
+"""Stateless Cross mini-Batch Normalization, CmBN (Bochkovskiy, Wang & Liao, 2020, arXiv:2004.10934).
+
+The moments pooled over the earlier mini-batches of the current optimizer batch are passed in as tensors
+(``accum_mean``, ``accum_var``, ``accum_count``, ``accum_step``) and updated in place in training, like the
+running statistics of ``torch.nn.functional.batch_norm``. Batch moments go through
+:func:`normact.distributed.batch_moments`, so ``sync=True`` pools them over a process group. float16/bfloat16
+inputs are normalized in float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from normact._checks import check_channels, check_eps, check_float, check_int, check_tensor, shape_str, upcast
+from normact.distributed import batch_moments, sync_active
+from normact.functional._state import read_state
+
+__all__ = ["cross_minibatch_norm"]
+
+
+def _view(x: Tensor) -> tuple[int, ...]:
+    return (1, -1) + (1,) * (x.dim() - 2)
+
+
+def cross_minibatch_norm(
+    x: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    accum_mean: Tensor,
+    accum_var: Tensor,
+    accum_count: Tensor,
+    accum_step: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float | Tensor = 0.1,
+    eps: float = 1e-5,
+    accum_steps: int = 4,
+    sync: bool = False,
+    process_group: Any = None,
+) -> Tensor:
+    r"""CmBN (Bochkovskiy, Wang & Liao, 2020, arXiv:2004.10934) over dim 1 of an ``(N, C, *)`` input.
+
+    Training, at mini-batch ``t = accum_step + 1`` of ``accum_steps``: the per-channel mean and biased variance
+    of this mini-batch (over N and the spatial dims, over the process group with ``sync``) are pooled with
+    those of mini-batches 1..t-1 (``accum_mean``, ``accum_var`` over ``accum_count`` values; ignored when
+    ``accum_step == 0``): the pooled :math:`E[x]` and :math:`E[x^2] - E[x]^2`. The input is normalized with
+    them, :math:`(x - \mu)/\sqrt{\sigma^2 + \epsilon} \cdot w + b`; the earlier mini-batches' moments are
+    constants for the gradient. The accumulators then hold the pooled moments, ``accum_step`` advances modulo
+    ``accum_steps`` (so the pooling restarts every ``accum_steps`` calls), and the running statistics are lerped
+    towards the pooled mean and unbiased variance with ``momentum`` (a float or a 0-d tensor). Evaluation:
+    BatchNorm with the running statistics."""
+    name = "cross_minibatch_norm"
+    check_tensor(x, name)
+    if x.dim() < 2:
+        raise ValueError(f"{name} expects an input of shape (N, C, *), got shape {shape_str(x.shape)}")
+    check_eps(eps)
+    accum_steps = check_int("accum_steps", accum_steps)
+    if not isinstance(momentum, Tensor):
+        check_float("momentum", momentum, low=0.0, high=1.0)
+    channels = running_mean.numel()
+    check_channels(x, 1, channels, name, f"(N, {channels}, *)")
+    for arg, t in (
+        ("running_var", running_var),
+        ("accum_mean", accum_mean),
+        ("accum_var", accum_var),
+        ("weight", weight),
+        ("bias", bias),
+    ):
+        if t is not None and t.numel() != channels:
+            raise ValueError(f"{name}: {arg} must have {channels} elements, got shape {shape_str(t.shape)}")
+    xf = upcast(x)
+    view = _view(xf)
+    if training:
+        synced = sync and sync_active(process_group)
+        local = xf.numel() // channels if channels else 0
+        if accum_steps == 1 and local <= 1 and not synced:
+            raise ValueError(
+                f"{name} in training with accum_steps=1 needs more than 1 value per channel (N * spatial > 1), "
+                f"got input shape {shape_str(x.shape)}"
+            )
+        mean_b, var_b, n_b = batch_moments(xf, (0, *range(2, xf.dim())), sync=synced, process_group=process_group)
+        # Earlier mini-batches of this optimizer batch (constants); none at the first one. torch.where, not a
+        # product, so stale or non-finite accumulators of a finished batch never leak in.
+        # (read_state: these buffers are updated below; see normact.functional._state)
+        first = read_state(accum_step) == 0
+        n_a = torch.where(first, 0, read_state(accum_count)).to(xf.dtype)
+        mean_a = torch.where(first, 0.0, read_state(accum_mean).to(xf.dtype))
+        var_a = torch.where(first, 0.0, read_state(accum_var).to(xf.dtype))
+        n = n_a + n_b
+        delta = mean_b - mean_a
+        mean = mean_a + delta * (n_b / n)
+        var = (n_a * var_a + n_b * var_b) / n + delta.square() * (n_a * n_b / n.square())
+        y = (xf - mean.view(view)) * torch.rsqrt(var.view(view) + eps)
+        with torch.no_grad():
+            accum_mean.copy_(mean.detach())
+            accum_var.copy_(var.detach())
+            accum_count.copy_(n.detach().round().to(accum_count.dtype))
+            accum_step.copy_((accum_step + 1) % accum_steps)
+            unbiased = var.detach() * (n / (n - 1).clamp_min(1))
+            factor = momentum.to(xf.dtype) if isinstance(momentum, Tensor) else momentum
+            running_mean.copy_(torch.lerp(running_mean.to(xf.dtype), mean.detach(), factor))
+            running_var.copy_(torch.lerp(running_var.to(xf.dtype), unbiased, factor))
+    else:
+        y = (xf - running_mean.to(xf.dtype).view(view)) * torch.rsqrt(running_var.to(xf.dtype).view(view) + eps)
+    if weight is not None:
+        y = y * weight.to(xf.dtype).view(view)
+    if bias is not None:
+        y = y + bias.to(xf.dtype).view(view)
+    return y.to(x.dtype)

@@ -1,0 +1,204 @@
+r"""Stateless forms of the frequency-domain normalizations of Lee, Bae & Kim (CVPR 2023, arXiv:2303.02328):
+PCNorm, CCNorm and SCNorm.
+
+Each channel of an ``(N, C, H, W)`` feature map is decomposed by a 2-D DFT into amplitude (style) and phase
+(content); a normalization changes the amplitude, and the output is composed from the adjusted amplitude and
+a chosen phase. Real input gives real output: the spectra are half spectra (``rfft2``/``irfft2``), and every
+composed spectrum is that of a real map (the amplitude of a real map times the phase of a real map).
+
+The phase of a frequency whose amplitude is zero is undefined; here the unit phasor is
+:math:`e^{i\angle z} := z / \max(|z|, \tau)` with :math:`\tau = \sqrt{\text{finfo.tiny}}` of the computation
+dtype (about 1e-19 in float32): the exact phase wherever :math:`|z| \ge \tau`, and a continuous function with
+finite gradients everywhere (0 at z = 0), so constant inputs have finite gradients.
+
+Batch moments go through :func:`normact.distributed.batch_moments` (``sync=True`` combines them over a process
+group); running statistics passed in are updated in place in training, as ``torch.nn.functional.batch_norm``
+does. float16/bfloat16 inputs are computed in float32 (statistics and FFTs) and returned in their dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from normact._checks import check_eps, check_float, check_tensor, shape_str, upcast
+from normact.distributed import batch_moments, sync_active
+from normact.functional._affine import affine
+
+__all__ = ["cc_norm", "pc_norm", "sc_norm"]
+
+_VIEW = (1, -1, 1, 1)
+
+
+def _spectrum(x: Tensor) -> Tensor:
+    """The half spectrum ``rfft2(x)`` as real pairs, shape ``(N, C, H, W // 2 + 1, 2)`` (real and imaginary parts).
+    The elementwise work is done on real pairs: Inductor compiles the backward of complex elementwise ops on
+    1 x 1 maps wrongly (a stride error), not that of ``view_as_real``."""
+    return torch.view_as_real(torch.fft.rfft2(x))
+
+
+def _amplitude(spectrum: Tensor) -> Tensor:
+    """|z| of real pairs, keeping the pair dim (size 1); its gradient at z = 0 is 0."""
+    return torch.linalg.vector_norm(spectrum, dim=-1, keepdim=True)
+
+
+def _phasor(spectrum: Tensor) -> Tensor:
+    """``z / max(|z|, tau)``: the unit phasor :math:`e^{i\\angle z}` where ``|z| >= tau``, shrinking to 0 with z."""
+    tiny = torch.finfo(spectrum.dtype).tiny ** 0.5
+    return spectrum / _amplitude(spectrum).clamp_min(tiny)
+
+
+def _compose(amplitude: Tensor, phasor: Tensor, size: torch.Size) -> Tensor:
+    """The real map whose half spectrum is ``amplitude * phasor`` (real pairs)."""
+    return torch.fft.irfft2(torch.view_as_complex((amplitude * phasor).contiguous()), s=size)
+
+
+def _check_4d(name: str, x: Tensor, eps: float) -> None:
+    check_tensor(x, name)
+    if x.dim() != 4:
+        raise ValueError(f"{name} expects a 4-D input of shape (N, C, H, W), got shape {shape_str(x.shape)}")
+    check_eps(eps)
+
+
+def _check_vectors(name: str, x: Tensor, tensors: dict[str, Tensor | None]) -> None:
+    channels = x.shape[1]
+    for arg, t in tensors.items():
+        if t is not None and t.numel() != channels:
+            raise ValueError(
+                f"{name}: {arg} must have C = {channels} elements for input shape {shape_str(x.shape)}, "
+                f"got shape {shape_str(t.shape)}"
+            )
+
+
+def _check_momentum(momentum: float | Tensor) -> None:
+    if not isinstance(momentum, Tensor):
+        check_float("momentum", momentum, low=0.0, high=1.0)
+
+
+def _mix(name: str, mix_logit: Tensor, temperature: float, dtype: torch.dtype) -> Tensor:
+    check_float("temperature", temperature, positive=True)
+    if mix_logit.numel() != 1:
+        raise ValueError(f"{name}: mix_logit must hold one value, got shape {shape_str(mix_logit.shape)}")
+    return torch.sigmoid(mix_logit.to(dtype).reshape(()) / temperature)
+
+
+def _batch_normalized(
+    name: str,
+    xf: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    training: bool,
+    momentum: float | Tensor,
+    eps: float,
+    sync: bool,
+    process_group: Any,
+) -> tuple[Tensor, Tensor]:
+    """Batch normalization without affine, ``((x - mu) / sqrt(var + eps), mu)``: batch statistics over (N, H, W) in
+    training or without running statistics (running statistics then updated in place with ``momentum`` and the
+    unbiased variance), the running statistics otherwise."""
+    if training or running_mean is None or running_var is None:
+        synced = sync and sync_active(process_group)
+        per_channel = xf.numel() // xf.shape[1] if xf.shape[1] else 0
+        if per_channel <= 1 and not synced:
+            raise ValueError(
+                f"{name} with batch statistics needs more than 1 value per channel (N * H * W > 1), "
+                f"got input shape {shape_str(xf.shape)}"
+            )
+        mean, var, count = batch_moments(xf, (0, 2, 3), sync=synced, process_group=process_group)
+        if training and running_mean is not None and running_var is not None:
+            with torch.no_grad():
+                unbiased = var.detach() * (count / (count - 1).clamp_min(1))
+                factor = momentum.to(xf.dtype) if isinstance(momentum, Tensor) else momentum
+                running_mean.copy_(torch.lerp(running_mean.to(xf.dtype), mean.detach(), factor))
+                running_var.copy_(torch.lerp(running_var.to(xf.dtype), unbiased, factor))
+    else:
+        mean, var = running_mean.to(xf.dtype), running_var.to(xf.dtype)
+    mean = mean.view(_VIEW)
+    return (xf - mean) * torch.rsqrt(var.view(_VIEW) + eps), mean
+
+
+def pc_norm(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float | Tensor = 0.1,
+    eps: float = 1e-5,
+    sync: bool = False,
+    process_group: Any = None,
+) -> Tensor:
+    r"""PCNorm, phase-consistent normalization (Lee, Bae & Kim, 2023, arXiv:2303.02328) of an ``(N, C, H, W)``
+    input: :math:`y = \mathcal{F}^{-1}\big(|\mathcal{F}(\mathrm{BN}(x))|\, e^{i\angle\mathcal{F}(x)}\big)\,
+    \gamma + \beta`, a per-channel 2-D DFT; BN without affine (batch statistics over (N, H, W) in training, or
+    when ``running_mean`` is None, with the running statistics updated in place; the running statistics in
+    evaluation); the affine applied to the composed map."""
+    name = "pc_norm"
+    _check_4d(name, x, eps)
+    _check_vectors(name, x, {"running_mean": running_mean, "running_var": running_var, "weight": weight, "bias": bias})
+    _check_momentum(momentum)
+    xf = upcast(x)
+    normalized, _ = _batch_normalized(name, xf, running_mean, running_var, training, momentum, eps, sync, process_group)
+    y = _compose(_amplitude(_spectrum(normalized)), _phasor(_spectrum(xf)), xf.shape[-2:])
+    return affine(y, weight, bias, _VIEW).to(x.dtype)
+
+
+def cc_norm(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    mix_logit: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float | Tensor = 0.1,
+    eps: float = 1e-5,
+    temperature: float = 1e-6,
+    sync: bool = False,
+    process_group: Any = None,
+) -> Tensor:
+    r"""CCNorm, content-controlling normalization (Lee, Bae & Kim, 2023, arXiv:2303.02328) of an
+    ``(N, C, H, W)`` input: :math:`y = \mathcal{F}^{-1}\big(|\mathcal{F}(\mathrm{BN}(x))|\,
+    e^{i\angle\mathcal{F}(x - \lambda\mu)}\big)\,\gamma + \beta` with
+    :math:`\lambda = \mathrm{sigmoid}(\text{mix\_logit} / T)` and :math:`\mu` the mean BN subtracts (batch mean
+    in training, running mean in evaluation): :math:`\lambda = 0` is PCNorm, :math:`\lambda = 1` BatchNorm."""
+    name = "cc_norm"
+    _check_4d(name, x, eps)
+    _check_vectors(name, x, {"running_mean": running_mean, "running_var": running_var, "weight": weight, "bias": bias})
+    _check_momentum(momentum)
+    xf = upcast(x)
+    lam = _mix(name, mix_logit, temperature, xf.dtype)
+    normalized, mean = _batch_normalized(
+        name, xf, running_mean, running_var, training, momentum, eps, sync, process_group
+    )
+    y = _compose(_amplitude(_spectrum(normalized)), _phasor(_spectrum(xf - lam * mean)), xf.shape[-2:])
+    return affine(y, weight, bias, _VIEW).to(x.dtype)
+
+
+def sc_norm(
+    x: Tensor,
+    mix_logit: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+    temperature: float = 0.1,
+) -> Tensor:
+    r"""SCNorm, style-controlling normalization (Lee, Bae & Kim, 2023, arXiv:2303.02328) of an ``(N, C, H, W)``
+    input: :math:`y = \mathcal{F}^{-1}\big((\lambda|\mathcal{F}(\mathrm{IN}(x))| + (1 - \lambda)|\mathcal{F}(x)|)\,
+    e^{i\angle\mathcal{F}(x)}\big)\,\gamma + \beta` with :math:`\lambda = \mathrm{sigmoid}(\text{mix\_logit}/T)`
+    and IN the instance normalization without affine (per sample and channel over (H, W), biased variance)."""
+    name = "sc_norm"
+    _check_4d(name, x, eps)
+    _check_vectors(name, x, {"weight": weight, "bias": bias})
+    xf = upcast(x)
+    lam = _mix(name, mix_logit, temperature, xf.dtype)
+    mean = xf.mean((2, 3), keepdim=True)
+    var = (xf - mean).square().mean((2, 3), keepdim=True)
+    normalized = (xf - mean) * torch.rsqrt(var + eps)
+    spectrum = _spectrum(xf)
+    amplitude = lam * _amplitude(_spectrum(normalized)) + (1 - lam) * _amplitude(spectrum)
+    y = _compose(amplitude, _phasor(spectrum), xf.shape[-2:])
+    return affine(y, weight, bias, _VIEW).to(x.dtype)
