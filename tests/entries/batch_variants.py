@@ -24,6 +24,7 @@ import torch
 
 import normact.functional as NF
 from normact.testing import Case, LayerEntry, Layout
+from tests.entries.norm import ref_instancenorm
 
 
 def _view(x):
@@ -246,5 +247,18 @@ ENTRIES = (
             init_for=lambda f: ({"num_features": 2 * f, "num_groups": 2}, 2 * f),
         ),
         bad_init=({"num_groups": 5}, {"num_groups": 0}, {"momentum": 1.5}),
+    ),
+    LayerEntry(
+        name="ibn_b",
+        reference=ref_instancenorm,
+        cases=(
+            Case(init={"num_features": 4}, shape=(2, 4, 5, 5), offset=0.5),
+            Case(init={"num_features": 3, "eps": 1e-3}, shape=(3, 3, 2, 4), desc="eps", train=False),
+        ),
+        functional=lambda x, m: NF.instance_norm(
+            x, m.running_mean, m.running_var, m.weight, m.bias, True, m.momentum, m.eps
+        ),
+        layout=Layout(feature_arg="num_features", feature_axis=1, ranks=(4,), min_spatial=2),
+        bad_init=({"momentum": None},),
     ),
 )

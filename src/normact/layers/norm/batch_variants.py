@@ -18,9 +18,10 @@ from normact._checks import (
     check_int,
     check_momentum,
 )
+from normact.layers.norm.group import InstanceNorm2d
 from normact.registry import Paper, Param, register
 
-__all__ = ["IBN", "BatchChannelNorm", "BatchRenorm"]
+__all__ = ["IBN", "BatchChannelNorm", "BatchRenorm"]  # (ibn_b registers InstanceNorm2d, below)
 
 BATCH_RENORM = Paper(
     "Batch Renormalization: Towards Reducing Minibatch Dependence in Batch-Normalized Models",
@@ -482,3 +483,20 @@ class BatchChannelNorm(nn.Module):
             f"{self.num_features}, num_groups={self.num_groups}, eps={self.eps}, momentum={self.momentum}, "
             f"affine={self.affine}" + (", sync=True" if self.sync else "")
         )
+
+
+# IBN-b (Pan et al., 2018): an affine InstanceNorm2d after the residual addition of selected blocks (and after
+# the stem's first conv); as a layer it is InstanceNorm2d(affine=True), registered under the paper's name.
+register(
+    "ibn_b",
+    kind="norm",
+    paper=IBN_NET,
+    formula=(
+        "IBN-b: y = (x - E[x]) / sqrt(Var[x] + eps) * weight + bias per sample and channel over (H, W), "
+        "placed after the residual addition (InstanceNorm2d with affine=True)"
+    ),
+    functional=NF.instance_norm,
+    params=(Param("weight", "(C,)", "1"), Param("bias", "(C,)", "0")),
+    defaults={"affine": True},
+    verified_against=("torch.nn.InstanceNorm2d",),
+)(InstanceNorm2d)

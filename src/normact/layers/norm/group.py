@@ -114,6 +114,10 @@ class InstanceNorm2d(nn.Module):
     mean and biased variance per sample and channel over H and W. Same semantics, defaults and
     state-dict keys as ``torch.nn.InstanceNorm2d`` (no affine and no running statistics by default).
 
+    Also registered as ``ibn_b`` (with ``affine=True``): the instance normalization that IBN-b (Pan, Luo,
+    Shi & Tang, 2018, arXiv:1807.09441) adds after the residual addition of a block; the channel split of
+    IBN-a is ``ibn`` (:class:`normact.IBN`).
+
     Args:
         num_features: the channel count C.
         eps: added to the variance inside the square root. Default: 1e-5.
