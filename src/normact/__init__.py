@@ -6,11 +6,12 @@
 '2503.10622'
 """
 
-from normact import functional, layers
+from normact import functional, layers, probing
 from normact.distributed import convert_sync
 from normact.gaussian import GaussianMoments, activation_gain, gaussian_moments
 from normact.layers import *  # noqa: F403  (the layer classes)
 from normact.layers import __all__ as _layer_names
+from normact.probing import probe
 from normact.registry import (
     KINDS,
     LayerInfo,
@@ -47,6 +48,8 @@ __all__ = [
     "info",
     "layers",
     "list_layers",
+    "probe",
+    "probing",
     "register",
     "resolve",
     *_layer_names,

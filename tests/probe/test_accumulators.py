@@ -1,0 +1,199 @@
+"""The accumulators against direct float64 computations over the concatenated data, and their exact merge."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from normact.probing.accumulators import (
+    HIST_BINS,
+    ActivationStats,
+    Covariance,
+    EntropyStats,
+    Histogram,
+    Moments,
+    TopK,
+    hist_edges,
+)
+
+ALL = frozenset({"kurtosis", "minmax", "topk", "zeros", "hist", "cov"})
+
+
+def _batches(first: bool, n: int = 4, c: int = 6, s: int = 7, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        b = 2 + i
+        x = torch.randn(b, c, s, generator=g, dtype=torch.float64) * torch.linspace(0.5, 3, c).view(1, c, 1)
+        x = x + 100.0  # a large offset: the merge must not lose the variance
+        x[:, 0] = torch.relu(x[:, 0] - 100.0)  # a channel with exact zeros
+        x[:, 1] = -1.0  # a dead (never positive), constant channel
+        out.append(x if first else x.transpose(1, 2).contiguous())
+    return out
+
+
+def _rows(xs, first):
+    return torch.cat([x.transpose(1, 2).reshape(-1, x.shape[1]) if first else x.reshape(-1, x.shape[2]) for x in xs])
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["channels_first", "channels_last"])
+def test_moments_match_float64_over_all_data(first):
+    xs = _batches(first)
+    m = Moments(6)
+    for x in xs:
+        m.update(x, first)
+    rows = _rows(xs, first)
+    assert m.count == rows.shape[0]
+    torch.testing.assert_close(m.mean, rows.mean(0), rtol=1e-13, atol=1e-12)
+    torch.testing.assert_close(m.var, rows.var(0, unbiased=False), rtol=1e-11, atol=1e-12)
+    torch.testing.assert_close(m.mean_square, rows.square().mean(0), rtol=1e-13, atol=0)
+    d = rows - rows.mean(0)
+    kurt = rows.shape[0] * d.pow(4).sum(0) / d.square().sum(0) ** 2
+    ok = torch.arange(6) != 1  # channel 1 is constant: kurtosis undefined (NaN)
+    torch.testing.assert_close(m.kurtosis[ok], kurt[ok], rtol=1e-10, atol=0)
+    assert math.isnan(float(m.kurtosis[1]))
+    n, pooled = m.pooled()
+    flat = rows.flatten()
+    assert n == flat.numel()
+    torch.testing.assert_close(pooled[0], flat.mean(), rtol=1e-13, atol=0)
+    dd = flat - flat.mean()
+    torch.testing.assert_close(
+        pooled[1:], torch.stack([dd.square().sum(), dd.pow(3).sum(), dd.pow(4).sum()]), rtol=1e-10, atol=1e-9
+    )
+
+
+def test_histogram_bins_median_and_fraction():
+    edges = hist_edges()
+    assert edges.numel() == HIST_BINS and edges[0] == 0 and math.isclose(float(edges[1]), 1e-10)
+    x = torch.tensor([0.0, 1e-12, 1.0, 1.0001, 5.0, 1e11, float("inf"), float("nan")])
+    h = Histogram()
+    h.update(x.abs())
+    counts = h.values
+    assert int(counts.sum()) == 7 and h.nans == 1
+    assert int(counts[0]) == 2 and int(counts[-1]) == 2
+    assert int(counts[1 + 10 * 16]) == 2  # [1, 10**(1/16)) holds 1.0 and 1.0001
+    assert int(counts[1 + 10 * 16 + 11]) == 1  # 5.0: log10(5) * 16 = 11.18
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(100_000, generator=g).abs() * 3.7
+    h = Histogram()
+    h.update(y)
+    true = float(y.median())
+    assert abs(h.quantile(0.5) / true - 1) < 0.02  # interpolated: far inside one bin (15.5%)
+    assert abs(h.quantile(0.9) / float(y.quantile(0.9)) - 1) < 0.02
+    assert h.fraction_below(1.0) == pytest.approx(float((y < 1.0).double().mean()), abs=1e-12)
+
+
+def test_histc_path_in_chunks_equals_index_add(monkeypatch):
+    """The CUDA path (float bins through histc, split in chunks) counts like the CPU path (index_add_)."""
+    import normact.probing.accumulators as acc
+
+    x = torch.cat([torch.rand(100) * 10, torch.tensor([0.0, float("nan"), 1e12])])
+    ref = Histogram()
+    ref.update(x)
+    idx = Histogram.index(x).double()  # float bins, as on CUDA (NaN -> HIST_BINS + 0.5)
+    idx[idx == HIST_BINS] = HIST_BINS + 0.5
+    monkeypatch.setattr(acc, "_HISTC_EXACT", 7)
+    h = Histogram()
+    h.add_index(idx)
+    assert torch.equal(h.counts, ref.counts) and int(h.counts.sum()) == 103 and h.nans == 1
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["channels_first", "channels_last"])
+def test_topk_is_the_top_of_per_position_maxima(first):
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(3, 4, 10, generator=g, dtype=torch.float64) for _ in range(5)]
+    if not first:
+        xs = [x.transpose(1, 2).contiguous() for x in xs]
+    t = TopK(6)
+    for x in xs:
+        t.update(x, x.abs(), first)
+    allx = torch.cat(xs)  # (N, C, S) or (N, S, C)
+    idx = allx.abs().argmax(0, keepdim=True)
+    best = allx.gather(0, idx)[0]  # signed value of the largest |x| per position
+    flat = best.flatten()
+    top = flat.abs().topk(6)
+    recs = t.records()
+    assert [r["abs"] for r in recs] == top.values.tolist()
+    for r, i in zip(recs, top.indices.tolist(), strict=True):
+        c, s = (i // 10, i % 10) if first else (i % 4, i // 4)
+        assert (r["channel"], r["token"]) == (c, s)
+        assert r["value"] == float(flat[i])
+    positions = {(r["token"], r["channel"]) for r in recs}
+    assert len(positions) == 6  # distinct positions, although every batch hits the same ones
+
+
+def test_topk_with_fewer_positions_than_k_and_empty_slots():
+    t = TopK(10)
+    x = torch.tensor([[[1.0, -5.0, 2.0]]], dtype=torch.float64)  # (B=1, S=1, C=3)
+    t.update(x, x.abs(), first=False)
+    t.update(x * 0.5, (x * 0.5).abs(), first=False)
+    recs = t.records()
+    assert [(r["channel"], r["value"]) for r in recs] == [(1, -5.0), (2, 2.0), (0, 1.0)]
+    assert t.token[3:].eq(-1).all() and t.abs[3:].eq(-math.inf).all()
+
+
+def test_covariance_and_effective_rank():
+    g = torch.Generator().manual_seed(2)
+    basis = torch.randn(3, 8, generator=g, dtype=torch.float64)
+    xs = [(torch.randn(5, 4, 3, generator=g, dtype=torch.float64) @ basis) + 7.0 for _ in range(3)]  # (B, S, C)
+    cov = Covariance(8)
+    for x in xs:
+        cov.update(x, first=False)
+    rows = torch.cat([x.reshape(-1, 8) for x in xs])
+    torch.testing.assert_close(cov.comoment / cov.count, torch.cov(rows.T, correction=0), rtol=1e-10, atol=1e-10)
+    er = cov.effective_rank()
+    assert 1.0 < er <= 3.0 + 1e-6  # rank-3 data
+    iso = Covariance(4)
+    iso.update(torch.eye(4, dtype=torch.float64).repeat(50, 1).view(1, 200, 4) - 0.25, first=False)
+    assert iso.effective_rank() == pytest.approx(3.0, rel=1e-6)  # centred one-hots span 3 equal directions
+
+
+def test_entropy_per_head():
+    w = torch.softmax(torch.randn(2, 3, 4, 5, dtype=torch.float64), -1)
+    w[0, 1, 0] = torch.tensor([1.0, 0, 0, 0, 0], dtype=torch.float64)  # a zero-entropy row with exact zeros
+    e = EntropyStats(3)
+    e.update(w)
+    ref = -(w * w.clamp_min(1e-300).log()).sum(-1).mean((0, 2))
+    torch.testing.assert_close(e.mean, ref)
+    avg = EntropyStats(1)
+    avg.update(w.mean(1))  # (B, T, S): averaged over heads
+    assert avg.rows == 8
+
+
+def _state_equal(a, b, path=""):
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape, path
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-9, equal_nan=True, msg=path)
+        else:
+            assert torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _state_equal(a[k], b[k], f"{path}.{k}")
+    else:
+        assert a == b, path
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["channels_first", "channels_last"])
+def test_two_halves_merge_into_the_whole(first):
+    xs = _batches(first, n=6)
+    whole, a, b = (ActivationStats(6, ALL, topk=5, near_zero=0.5) for _ in range(3))
+    for i, x in enumerate(xs):
+        whole.update(x, first)
+        (a if i < 2 else b).update(x, first)
+    merged = ActivationStats.from_state(a.state()).merge_(b)
+    _state_equal(merged.state(), whole.state())
+    assert int(whole.zeros[1]) == 0 and int(whole.zeros[0]) > 0
+    assert float(whole.cmax[1]) == -1.0  # the dead channel
+
+
+def test_merge_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="channels"):
+        ActivationStats(3, ALL).merge_(ActivationStats(4, ALL))
+    with pytest.raises(ValueError, match="heads"):
+        EntropyStats(2).merge_(EntropyStats(3))
+    with pytest.raises(ValueError, match="top-3"):
+        TopK(4).merge_(TopK(3))
