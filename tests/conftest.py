@@ -38,3 +38,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def float64():
+    """torch's default dtype is float64 during the test (norm identities are checked against float64 math);
+    a test module opts in with ``pytestmark = pytest.mark.usefixtures("float64")``."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)

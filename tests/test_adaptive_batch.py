@@ -20,36 +20,16 @@ from torch import nn
 
 import normact
 from normact.layers.norm.adaptive_batch import AlphaBatchNorm
+from tests.helpers import perturb_bn, randn
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
-def _x(shape, scale=1.5, offset=0.5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=g, dtype=torch.float64) * scale + offset
-
-
-def _perturb(layer, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-        layer.running_mean.add_(0.3 * torch.randn(layer.running_mean.shape, generator=g))
-        layer.running_var.mul_((0.3 * torch.randn(layer.running_var.shape, generator=g)).exp())
-    return layer
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 # ------------------------------------------------------------------------------------------------ alpha-BN
 
 
 def _alpha_and_bn(alpha, c=4, cls=nn.BatchNorm2d):
-    layer = _perturb(normact.create("alpha_bn", c, alpha=alpha))
+    layer = perturb_bn(normact.create("alpha_bn", c, alpha=alpha))
     bn = cls(c)
     bn.load_state_dict(layer.state_dict())  # torch's keys: a BatchNorm state dict loads both ways
     return layer, bn
@@ -58,7 +38,7 @@ def _alpha_and_bn(alpha, c=4, cls=nn.BatchNorm2d):
 def test_alpha_one_is_batchnorm_in_eval():
     layer, bn = _alpha_and_bn(1.0)
     layer.eval(), bn.eval()
-    x = _x((5, 4, 3, 3))
+    x = randn((5, 4, 3, 3))
     torch.testing.assert_close(layer(x), bn(x))
 
 
@@ -66,11 +46,11 @@ def test_alpha_zero_is_test_time_normalization_without_running_update():
     layer, bn = _alpha_and_bn(0.0)
     layer.eval(), bn.train()
     before = copy.deepcopy(layer.state_dict())
-    x = _x((6, 4, 3, 3), seed=2)
+    x = randn((6, 4, 3, 3), seed=2)
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
     ya, yb = layer(xa), bn(xb)  # torch BatchNorm in train mode: batch statistics
     torch.testing.assert_close(ya, yb)
-    g = _x(x.shape, 1.0, 0.0, seed=3)
+    g = randn(x.shape, 1.0, 0.0, seed=3)
     (ya * g).sum().backward()
     (yb * g).sum().backward()
     torch.testing.assert_close(xa.grad, xb.grad)
@@ -80,7 +60,7 @@ def test_alpha_zero_is_test_time_normalization_without_running_update():
 
 
 def test_calibrated_statistics_are_linear_in_alpha():
-    x = _x((8, 3, 4, 4), seed=4)
+    x = randn((8, 3, 4, 4), seed=4)
     batch_mean, batch_var = x.mean((0, 2, 3)), x.var((0, 2, 3), correction=0)
     layer = normact.create("alpha_bn", 3, affine=False).eval()
     # running variance = the batch's: the scale is alpha-free, so the output is affine in alpha (the mean term)
@@ -107,11 +87,11 @@ def test_calibrated_statistics_are_linear_in_alpha():
 
 @pytest.mark.parametrize("momentum", [0.1, None])
 def test_training_is_torch_batchnorm(momentum):
-    layer = _perturb(normact.create("alpha_bn", 5, momentum=momentum, alpha=0.3))
+    layer = perturb_bn(normact.create("alpha_bn", 5, momentum=momentum, alpha=0.3))
     bn = nn.BatchNorm1d(5, momentum=momentum)
     bn.load_state_dict(layer.state_dict())
     for step in range(3):
-        x = _x((8, 5, 6), seed=step)
+        x = randn((8, 5, 6), seed=step)
         torch.testing.assert_close(layer(x), bn(x))
     for key, value in bn.state_dict().items():
         torch.testing.assert_close(layer.state_dict()[key], value)
@@ -123,7 +103,7 @@ def test_training_is_torch_batchnorm(momentum):
 def test_from_batchnorm_keeps_weights_statistics_and_settings(cls, shape):
     bn = cls(3, eps=1e-3, momentum=0.2)
     for step in range(3):
-        bn(_x(shape, seed=step))
+        bn(randn(shape, seed=step))
     with torch.no_grad():
         bn.weight.copy_(torch.tensor([1.5, -0.5, 0.7]))
         bn.bias.copy_(torch.tensor([0.1, 0.2, -0.3]))
@@ -134,7 +114,7 @@ def test_from_batchnorm_keeps_weights_statistics_and_settings(cls, shape):
         assert torch.equal(layer.state_dict()[key], value), key
     assert layer.weight.dtype == bn.weight.dtype
     layer.alpha = 1.0
-    torch.testing.assert_close(layer(_x(shape, seed=9)), bn(_x(shape, seed=9)))
+    torch.testing.assert_close(layer(randn(shape, seed=9)), bn(randn(shape, seed=9)))
 
 
 def test_from_batchnorm_converts_normact_and_sync_batchnorm_and_rejects_untracked():
@@ -153,12 +133,12 @@ def test_adaptation_disabled_is_torch_batchnorm2d():
     """kappa = 1 (the EMA) and no task balancing: torch BatchNorm2d's outputs, gradients and running mean; the
     running variance averages the biased batch variance (official update), not torch's unbiased one."""
     for layer in (normact.create("adab2n", 4, adapt=False), normact.create("adab2n", 4, num_tasks=3)):
-        _perturb(layer)
+        perturb_bn(layer)
         bn = nn.BatchNorm2d(4)
         bn.load_state_dict({k: v for k, v in layer.state_dict().items() if k in bn.state_dict()})
         running_var = layer.running_var.clone()
         for step in range(3):
-            x = _x((6, 4, 3, 3), seed=step) + step
+            x = randn((6, 4, 3, 3), seed=step) + step
             xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
             ya, yb = layer(xa), bn(xb)  # no task ids: plain batch statistics
             torch.testing.assert_close(ya, yb)
@@ -172,7 +152,7 @@ def test_adaptation_disabled_is_torch_batchnorm2d():
         layer.eval(), bn.eval()
         with torch.no_grad():
             bn.running_var.copy_(layer.running_var)  # eval: BatchNorm with the (biased-average) statistics
-        x = _x((3, 4, 3, 3), seed=7)
+        x = randn((3, 4, 3, 3), seed=7)
         torch.testing.assert_close(layer(x), bn(x))
 
 
@@ -180,7 +160,7 @@ def test_single_task_cumulative_momentum_averages_all_batch_means_exactly():
     layer = normact.create("adab2n", 3, num_tasks=1, kappa=0.0)
     means, variances = [], []
     for step in range(7):
-        x = _x((5, 3, 2, 2), scale=1.0 + step, offset=step - 3.0, seed=step)
+        x = randn((5, 3, 2, 2), scale=1.0 + step, offset=step - 3.0, seed=step)
         layer(x, task_ids=torch.zeros(5, dtype=torch.long))
         means.append(x.mean((0, 2, 3)))
         variances.append(x.var((0, 2, 3), correction=0))
@@ -210,7 +190,7 @@ def test_modified_momentum_follows_the_official_recurrence(kappa):
     layer = normact.create("adab2n", 2, kappa=kappa, momentum=0.2)
     mean = layer.running_mean.clone()
     for step, eta in enumerate(_official_etas(0.2, kappa, 6)):
-        x = _x((4, 2, 3), seed=step)
+        x = randn((4, 2, 3), seed=step)
         layer(x)
         mean = (1 - eta) * mean + eta * x.mean((0, 2))
         torch.testing.assert_close(float(layer.last_eta), eta)
@@ -218,7 +198,7 @@ def test_modified_momentum_follows_the_official_recurrence(kappa):
     # the state travels with the state dict: a restored layer continues the sequence
     restored = normact.create("adab2n", 2, kappa=kappa, momentum=0.2)
     restored.load_state_dict(layer.state_dict())
-    x = _x((4, 2, 3), seed=99)
+    x = randn((4, 2, 3), seed=99)
     layer(x), restored(x)
     torch.testing.assert_close(restored.running_mean, layer.running_mean)
     assert math.isclose(float(restored.last_eta), _official_etas(0.2, kappa, 7)[-1], rel_tol=1e-12)
@@ -238,7 +218,7 @@ def test_task_balanced_statistics_weight_the_task_means_by_the_dirichlet_posteri
     mu_t the mean of task t's samples; the variance likewise around mu."""
     layer = _balanced_layer()
     ids = torch.tensor([0, 0, 0, 0, 0, 1, 1, 2])
-    x = _x((8, 3, 2, 2), seed=6)
+    x = randn((8, 3, 2, 2), seed=6)
     y = layer(x, task_ids=ids)
     counts = torch.tensor([5.0, 2.0, 1.0])
     conc = layer.task_weight.detach().exp() + counts
@@ -262,7 +242,7 @@ def test_task_balanced_statistics_quirks_absent_and_future_tasks():
     code); tasks after cur_tasks get no share; a balanced batch with equal task weights is plain BN."""
     layer = _balanced_layer(num_tasks=4, cur=2)
     ids = torch.tensor([0, 0, 0, 2, 2, 2, 3, 3])  # task 1 absent, task 3 not started (cur_tasks = 2)
-    x = _x((8, 3, 2, 2), seed=8)
+    x = randn((8, 3, 2, 2), seed=8)
     _, mean, _ = normact.functional.adab2n(
         x, layer.running_mean.clone(), layer.running_var.clone(), None, None, layer.task_weight.detach(), ids,
         layer.cur_tasks, True, 0.1, layer.eps, return_stats=True,
@@ -273,7 +253,7 @@ def test_task_balanced_statistics_quirks_absent_and_future_tasks():
     with torch.no_grad():
         layer.task_weight.zero_()
     balanced = torch.tensor([0, 0, 1, 1, 2, 2])
-    xb = _x((6, 3, 2, 2), seed=9)
+    xb = randn((6, 3, 2, 2), seed=9)
     bn = nn.BatchNorm2d(3, affine=False)
     torch.testing.assert_close(normact.functional.adab2n(
         xb, torch.zeros(3), torch.ones(3), None, None, layer.task_weight, balanced, layer.cur_tasks, True
@@ -283,7 +263,7 @@ def test_task_balanced_statistics_quirks_absent_and_future_tasks():
 def test_no_balancing_before_the_first_task_ends_and_in_eval():
     layer = _balanced_layer(cur=0)
     bn = nn.BatchNorm2d(3)
-    x = _x((6, 3, 2, 2), seed=10)
+    x = randn((6, 3, 2, 2), seed=10)
     ids = torch.tensor([0, 0, 0, 0, 1, 2])
     torch.testing.assert_close(layer(x, task_ids=ids), bn(x))
     layer.end_task()
@@ -310,7 +290,7 @@ def test_compiled_balanced_training_matches_eager():
     compiled = torch.compile(compiled_layer, backend="aot_eager", fullgraph=True)
     ids = torch.tensor([0, 1, 1, 2, 2, 2, 0, 1])
     for step in range(3):
-        x = _x((8, 3, 2, 2), seed=20 + step)
+        x = randn((8, 3, 2, 2), seed=20 + step)
         torch.testing.assert_close(compiled(x, task_ids=ids), eager(x, task_ids=ids))
         torch.testing.assert_close(compiled_layer.loss, eager.loss)
     for (name, a), b in zip(compiled_layer.named_buffers(), eager.buffers(), strict=True):

@@ -9,27 +9,9 @@ import torch
 from torch import nn
 
 import normact
+from tests.helpers import perturb, randn
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
-def _x(shape, seed=0, scale=1.5, offset=0.5):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=g, dtype=torch.float64) * scale + offset
-
-
-def _perturb(layer, seed=1, skip=()):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in layer.named_parameters():
-            if name not in skip:
-                p.add_(0.5 * torch.randn(p.shape, generator=g))
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 @pytest.mark.parametrize("level", ["utterance", "frame"])
@@ -38,18 +20,18 @@ def test_at_initialization_it_is_batchnorm(level, momentum):
     abn = normact.create("attentive_bn", 6, level=level, momentum=momentum)
     bn = nn.BatchNorm1d(6, momentum=momentum)
     for step in range(3):
-        x = _x((4, 7, 6), seed=step, offset=step)
+        x = randn((4, 7, 6), seed=step, offset=step)
         xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
         ya, yb = abn(xa), bn(xb.transpose(1, 2)).transpose(1, 2)
         torch.testing.assert_close(ya, yb)
-        g = _x(ya.shape, seed=10 + step)
+        g = randn(ya.shape, seed=10 + step)
         ya.backward(g)
         yb.backward(g)
         torch.testing.assert_close(xa.grad, xb.grad)
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         torch.testing.assert_close(getattr(abn, name), getattr(bn, name))
     abn.eval(), bn.eval()
-    x = _x((3, 5, 6), seed=9)
+    x = randn((3, 5, 6), seed=9)
     torch.testing.assert_close(abn(x), bn(x.transpose(1, 2)).transpose(1, 2))
 
 
@@ -57,12 +39,12 @@ def test_at_initialization_it_is_batchnorm(level, momentum):
 def test_with_constant_auxiliary_outputs_it_is_batchnorm_with_that_affine(level):
     """W_gamma = W_beta = 0: whatever the attention, the scale and shift are the constants gamma_0, beta_0."""
     abn = normact.create("attentive_bn", 5, level=level, attention_dim=3)
-    _perturb(abn, skip=("gamma_weight", "beta_weight"))
+    perturb(abn, scale=0.5, skip=("gamma_weight", "beta_weight"))
     bn = nn.BatchNorm1d(5)
     with torch.no_grad():
         bn.weight.copy_(abn.weight)
         bn.bias.copy_(abn.bias)
-    x = _x((3, 8, 5))
+    x = randn((3, 8, 5))
     torch.testing.assert_close(abn(x), bn(x.transpose(1, 2)).transpose(1, 2))
 
 
@@ -70,9 +52,9 @@ def test_with_constant_auxiliary_outputs_it_is_batchnorm_with_that_affine(level)
 @pytest.mark.parametrize("train", [True, False])
 def test_attention_weights_are_a_distribution_over_frames(level, train):
     layer = normact.create("attentive_bn", 5, level=level)
-    _perturb(layer)
+    perturb(layer, scale=0.5)
     layer.train(train)
-    x = _x((4, 9, 5))
+    x = randn((4, 9, 5))
     before = {k: v.clone() for k, v in layer.named_buffers()}
     a = layer.attention_weights(x)
     assert a.shape == (4, 9)
@@ -87,11 +69,11 @@ def test_attention_weights_are_a_distribution_over_frames(level, train):
 
 
 def test_utterance_level_applies_one_scale_and_shift_per_utterance_and_frame_level_does_not():
-    x = _x((3, 6, 4))
+    x = randn((3, 6, 4))
     x_hat = (x - x.mean((0, 1))) / (x.var((0, 1), correction=0) + 1e-5).sqrt()
     for level, per_utterance in (("utterance", True), ("frame", False)):
         layer = normact.create("attentive_bn", 4, level=level)
-        _perturb(layer)
+        perturb(layer, scale=0.5)
         y = layer(x)
         slopes = (y[:, 1:] - y[:, :1]) / (x_hat[:, 1:] - x_hat[:, :1])  # (n, t-1, c)
         same = torch.allclose(slopes, slopes[:, :1].expand_as(slopes))
@@ -101,8 +83,8 @@ def test_utterance_level_applies_one_scale_and_shift_per_utterance_and_frame_lev
 @pytest.mark.parametrize("level", ["utterance", "frame"])
 def test_invariant_to_a_per_feature_affine_change_of_the_input_in_training(level):
     layer = normact.create("attentive_bn", 4, level=level, eps=1e-12)
-    _perturb(layer)
-    x = _x((3, 5, 4))
+    perturb(layer, scale=0.5)
+    x = randn((3, 5, 4))
     scale, shift = torch.tensor([2.0, 0.5, 3.0, 1.5]), torch.tensor([1.0, -4.0, 0.3, 7.0])
     torch.testing.assert_close(layer(x), layer(x * scale + shift))
 
@@ -110,9 +92,9 @@ def test_invariant_to_a_per_feature_affine_change_of_the_input_in_training(level
 @pytest.mark.parametrize("level", ["utterance", "frame"])
 def test_eval_mode_treats_utterances_independently_and_is_frame_order_equivariant(level):
     layer = normact.create("attentive_bn", 4, level=level)
-    _perturb(layer)
+    perturb(layer, scale=0.5)
     layer.eval()
-    x = _x((3, 6, 4))
+    x = randn((3, 6, 4))
     y = layer(x)
     torch.testing.assert_close(layer(x[1:2]), y[1:2])
     perm = torch.randperm(6, generator=torch.Generator().manual_seed(0))

@@ -11,37 +11,17 @@ from torch import nn
 import normact
 from normact.testing.checks import snapshot
 from tests.entries.batch_variants import ref_batchrenorm, ref_bcn
+from tests.helpers import perturb_bn, randn
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
-def _x(shape, scale=1.5, offset=0.5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=g, dtype=torch.float64) * scale + offset
-
-
-def _perturb(layer, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-        if getattr(layer, "running_mean", None) is not None:
-            layer.running_mean.add_(0.3 * torch.randn(layer.running_mean.shape, generator=g, dtype=torch.float64))
-            layer.running_var.mul_((0.3 * torch.randn(layer.running_var.shape, generator=g)).exp())
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])
 def test_batchrenorm_with_unit_bounds_is_batchnorm_in_training(momentum):
-    x = _x((6, 4, 3, 3))
+    x = randn((6, 4, 3, 3))
     brn = normact.create("batchrenorm", 4, r_max=1.0, d_max=0.0, momentum=momentum)
     bn = nn.BatchNorm2d(4, momentum=momentum)
-    _perturb(brn)
+    perturb_bn(brn)
     bn.load_state_dict(brn.state_dict())  # torch's buffers: a BatchNorm state dict loads both ways
     for step in range(3):
         xs = x + step
@@ -60,9 +40,9 @@ def test_batchrenorm_with_unit_bounds_is_batchnorm_in_training(momentum):
 
 
 def test_batchrenorm_unclipped_training_matches_the_paper_and_stops_gradients():
-    x = _x((8, 4, 3))
+    x = randn((8, 4, 3))
     layer = normact.create("batchrenorm", 4, momentum=0.2)
-    _perturb(layer)
+    perturb_bn(layer)
     params = snapshot(layer)
     hp = {"eps": layer.eps, "momentum": 0.2, "r_max": 3.0, "d_max": 5.0, "training": True}
     y = layer(x)
@@ -79,7 +59,7 @@ def test_batchrenorm_unclipped_training_matches_the_paper_and_stops_gradients():
     d = (mean - params["running_mean"]) / sigma
     assert ((r > 1 / 3) & (r < 3)).all() and (d.abs() < 5).all()
     layer2 = normact.create("batchrenorm", 4)
-    _perturb(layer2)
+    perturb_bn(layer2)
     xa = x.clone().requires_grad_()
     g = torch.randn_like(x)
     layer2(xa).backward(g)
@@ -91,12 +71,12 @@ def test_batchrenorm_unclipped_training_matches_the_paper_and_stops_gradients():
 
 def test_batchrenorm_clipping_is_engaged():
     layer = normact.create("batchrenorm", 3, r_max=2.0, d_max=1.0, affine=False)
-    x = _x((16, 3), scale=10.0, offset=50.0)  # sigma_B ~ 10 sigma, mu_B - mu ~ 50 sigma
+    x = randn((16, 3), scale=10.0, offset=50.0)  # sigma_B ~ 10 sigma, mu_B - mu ~ 50 sigma
     y = layer(x)
     xhat = (x - x.mean(0)) / (x.var(0, correction=0) + layer.eps).sqrt()
     torch.testing.assert_close(y, xhat * 2.0 + 1.0)
     layer = normact.create("batchrenorm", 3, r_max=2.0, d_max=1.0, affine=False)
-    x = _x((16, 3), scale=0.01, offset=-50.0)
+    x = randn((16, 3), scale=0.01, offset=-50.0)
     y = layer(x)
     xhat = (x - x.mean(0)) / (x.var(0, correction=0) + layer.eps).sqrt()
     torch.testing.assert_close(y, xhat * 0.5 - 1.0)
@@ -106,7 +86,7 @@ def test_batchrenorm_clipping_is_engaged():
 
 def _ibn_and_torch(c, ratio):
     layer = normact.create("ibn", c, ratio=ratio)
-    _perturb(layer)
+    perturb_bn(layer)
     h = int(c * ratio)
     tin = nn.InstanceNorm2d(h, affine=True) if h else None
     tbn = nn.BatchNorm2d(c - h) if h < c else None
@@ -127,7 +107,7 @@ def _ibn_and_torch(c, ratio):
 def test_ibn_halves_match_torch_instancenorm_and_batchnorm(c, ratio, train):
     layer, tin, tbn, h = _ibn_and_torch(c, ratio)
     assert layer.half == int(c * ratio)
-    x = _x((4, c, 3, 3))
+    x = randn((4, c, 3, 3))
     for m in (layer, tin, tbn):
         if m is not None:
             m.train(train)
@@ -140,7 +120,7 @@ def test_ibn_halves_match_torch_instancenorm_and_batchnorm(c, ratio, train):
 
 
 def test_ibn_ratio_limits_are_batchnorm_and_instancenorm():
-    x = _x((4, 5, 3, 3))
+    x = randn((4, 5, 3, 3))
     bn, ibn0 = normact.create("batchnorm2d", 5), normact.create("ibn", 5, ratio=0.0)
     assert ibn0.in_weight is None and ibn0.in_bias is None
     torch.testing.assert_close(ibn0(x), bn(x))
@@ -162,10 +142,10 @@ def test_ibn_rejects_other_ranks_with_the_expected_shape():
 @pytest.mark.parametrize("shape", [(4, 8, 3, 3), (6, 8), (1, 8, 2, 2)])
 def test_bcn_updates_its_estimates_with_momentum(shape):
     layer = normact.create("bcn", 8, num_groups=4, momentum=0.3)
-    _perturb(layer)
+    perturb_bn(layer)
     hp = {"eps": layer.eps, "momentum": 0.3, "num_groups": 4, "training": True}
     for step in range(3):
-        x = _x(shape, seed=step)
+        x = randn(shape, seed=step)
         params = snapshot(layer)
         expected, buffers = ref_bcn(x, params, hp)
         torch.testing.assert_close(layer(x), expected)
@@ -175,8 +155,8 @@ def test_bcn_updates_its_estimates_with_momentum(shape):
 
 def test_bcn_with_zero_momentum_is_its_eval_form_and_channel_normalized():
     layer = normact.create("bcn", 8, num_groups=2, momentum=0.0, affine=False)
-    _perturb(layer)
-    x = _x((3, 8, 4, 4))
+    perturb_bn(layer)
+    x = randn((3, 8, 4, 4))
     y = layer(x)
     layer.eval()
     torch.testing.assert_close(layer(x), y)
@@ -194,14 +174,14 @@ def test_batchrenorm_compiled_gradients_with_unclipped_r_and_d():
 
     torch._dynamo.reset()
     eager = normact.create("batchrenorm", 4, r_max=10.0, d_max=10.0)
-    _perturb(eager)
+    perturb_bn(eager)
     compiled_module = copy.deepcopy(eager)
     compiled = torch.compile(compiled_module, backend="aot_eager", fullgraph=True)
     for step in range(2):
-        x = _x((6, 4, 3, 3), seed=step)
+        x = randn((6, 4, 3, 3), seed=step)
         xe, xc = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
         ye, yc = eager(xe), compiled(xc)
-        g = _x(ye.shape, seed=10 + step)
+        g = randn(ye.shape, seed=10 + step)
         (ye * g).sum().backward()
         (yc * g).sum().backward()
         torch.testing.assert_close(yc, ye, atol=1e-12, rtol=1e-12)

@@ -12,30 +12,13 @@ from torch import nn
 import normact
 from normact.testing.checks import snapshot
 from tests.entries.cross_batch import ref_cmbn
+from tests.helpers import perturb_bn, randn
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
-def _x(shape, seed=0, scale=1.5, offset=0.5):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=g) * scale + offset
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _perturbed(c, **kwargs):
-    layer = normact.create("cmbn", c, **kwargs)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g))
-        layer.running_mean.add_(0.3 * torch.randn(c, generator=g))
-        layer.running_var.mul_((0.3 * torch.randn(c, generator=g)).exp())
-    return layer
+    return perturb_bn(normact.create("cmbn", c, **kwargs))
 
 
 def _hp(layer, training=True):
@@ -57,7 +40,7 @@ def test_one_accumulation_step_is_batchnorm2d(momentum):
         bn.running_mean.copy_(cmbn.running_mean)
         bn.running_var.copy_(cmbn.running_var)
     for step in range(3):
-        x = _x((5, 4, 3, 3), seed=step, offset=step)
+        x = randn((5, 4, 3, 3), seed=step, offset=step)
         xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
         ya, yb = cmbn(xa), bn(xb)
         torch.testing.assert_close(ya, yb)
@@ -70,14 +53,14 @@ def test_one_accumulation_step_is_batchnorm2d(momentum):
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         torch.testing.assert_close(getattr(cmbn, name), getattr(bn, name))
     cmbn.eval(), bn.eval()
-    x = _x((2, 4, 3, 3), seed=9)
+    x = randn((2, 4, 3, 3), seed=9)
     torch.testing.assert_close(cmbn(x), bn(x))
 
 
 @pytest.mark.parametrize(("shape", "steps"), [((3, 4, 2, 2), 4), ((4, 6), 3), ((2, 5, 7), 2)])
 def test_last_of_equal_minibatches_has_the_statistics_of_the_whole_batch(shape, steps):
     layer = _perturbed(shape[1], accum_steps=steps)
-    parts = [_x(shape, seed=s, offset=s - 1.0) for s in range(steps)]
+    parts = [randn(shape, seed=s, offset=s - 1.0) for s in range(steps)]
     for part in parts[:-1]:
         layer(part)
     y_last = layer(parts[-1])
@@ -100,7 +83,7 @@ def test_accumulation_restarts_every_accum_steps():
     reference = _perturbed(4, accum_steps=1)  # a first mini-batch every call: BatchNorm statistics
     seen = []
     for call in range(2 * steps + 1):
-        x = _x((4, 4, 2, 2), seed=call, offset=call)
+        x = randn((4, 4, 2, 2), seed=call, offset=call)
         seen.append(int(layer.accum_step))
         y = layer(x)
         if call % steps == 0:  # a new optimizer batch: the earlier mini-batches are forgotten
@@ -110,10 +93,10 @@ def test_accumulation_restarts_every_accum_steps():
         else:
             reference(x)
     assert seen == [0, 1, 2, 0, 1, 2, 0]
-    layer(_x((4, 4, 2, 2), seed=20))
+    layer(randn((4, 4, 2, 2), seed=20))
     layer.reset_accumulation()
     assert int(layer.accum_step) == 0 and int(layer.accum_count) == 0
-    x = _x((4, 4, 2, 2), seed=21)
+    x = randn((4, 4, 2, 2), seed=21)
     torch.testing.assert_close(layer(x), reference(x))
 
 
@@ -124,7 +107,7 @@ def test_accumulating_path_matches_the_reference_with_gradients(sizes):
     layer = _perturbed(3, accum_steps=len(sizes) - 1, momentum=0.2)  # the last call starts a new batch
     hp = _hp(layer)
     for i, n in enumerate(sizes):
-        x = _x((n, 3, 2, 3), seed=i, offset=2.0 * i)
+        x = randn((n, 3, 2, 3), seed=i, offset=2.0 * i)
         g = torch.randn(x.shape, generator=torch.Generator().manual_seed(50 + i))
         params = snapshot(layer)
         layer.zero_grad()
@@ -154,7 +137,7 @@ def test_accumulating_path_under_torch_compile(backend):
     compiled = torch.compile(compiled_module, backend=backend, fullgraph=True)
     try:
         for call in range(4):
-            x = _x((3, 4, 2, 2), seed=call, offset=call)
+            x = randn((3, 4, 2, 2), seed=call, offset=call)
             xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
             ye, yc = eager(xe), compiled(xc)
             torch.testing.assert_close(yc, ye)
@@ -171,7 +154,7 @@ def test_pooled_statistics_stay_accurate_far_from_zero_in_float32():
     """The pooled moments are kept as (count, mean, centered second moment): no E[x^2] - E[x]^2 cancellation
     for inputs with a large offset."""
     layer = normact.create("cmbn", 3, accum_steps=3, dtype=torch.float32)
-    parts = [(_x((4, 3, 4, 4), seed=s, scale=1.0, offset=1e4)).float() for s in range(3)]
+    parts = [(randn((4, 3, 4, 4), seed=s, scale=1.0, offset=1e4)).float() for s in range(3)]
     for part in parts:
         layer(part)
     whole = torch.cat(parts).double()

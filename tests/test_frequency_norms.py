@@ -13,19 +13,13 @@ from torch import nn
 
 import normact
 from tests.entries.frequency import _maps as tiered_maps
+from tests.helpers import randn
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _x(shape, scale=1.5, offset=0.0, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=g, dtype=torch.float64) * scale + offset
+    return randn(shape, scale, offset, seed)
 
 
 def _maps(shape, seed=0):

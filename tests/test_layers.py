@@ -83,3 +83,14 @@ def test_shapes_property(name):
         check_dtypes(entry, case)
 
     run()
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(ENTRIES) if normact.info(n).kind == "norm"])
+def test_registry_input_layout_agrees_with_the_harness_layout(name):
+    """The bench plugs norms in by ``input_layout``: it must say where the harness finds the features."""
+    info, entry = normact.info(name), ENTRIES[name]
+    axis = entry.layout.feature_axis
+    expected = {"channels_first": 1, "last_dims": -1, "tokens": -1}.get(info.input_layout)
+    if expected is None or axis is None:
+        pytest.skip(f"{name}: input_layout {info.input_layout!r}, harness feature axis {axis}")
+    assert axis == expected, f"{name}: input_layout {info.input_layout!r} but the harness features are at {axis}"

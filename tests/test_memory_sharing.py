@@ -11,20 +11,9 @@ from torch import nn
 
 import normact
 from normact.layers.norm.memory_sharing import MSLayerNorm, MSRMSNorm, merge_affine_into
+from tests.helpers import perturb, randn
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-def _x(shape, scale=1.5, offset=0.5, seed=0, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(shape, generator=g, dtype=torch.float64) * scale + offset).to(dtype)
-
-
-def _perturb(module, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=torch.float64).to(p))
 
 
 def _grads(module, x, grad_out):
@@ -59,10 +48,10 @@ def test_outputs_and_all_gradients_equal_torch(name, torch_cls, kwargs, shape, n
     """float64: output, input gradient and parameter gradients equal torch.nn.LayerNorm/RMSNorm to 1e-10."""
     ours = normact.create(name, normalized_shape, dtype=torch.float64, **kwargs)
     theirs = torch_cls(normalized_shape, dtype=torch.float64, **{"elementwise_affine": False, **kwargs})
-    _perturb(ours)
+    perturb(ours)
     theirs.load_state_dict(ours.state_dict())  # torch's keys, both ways
-    x = _x(shape)
-    grad_out = _x(shape, scale=1.0, offset=0.0, seed=2)
+    x = randn(shape)
+    grad_out = randn(shape, scale=1.0, offset=0.0, seed=2)
     ya, ga = _grads(ours, x, grad_out)
     yb, gb = _grads(theirs, x, grad_out)
     torch.testing.assert_close(ya, yb, atol=1e-10, rtol=1e-10)
@@ -78,10 +67,10 @@ def test_second_derivatives_equal_torch(name):
     torch_norm = nn.LayerNorm(8, dtype=torch.float64) if name == "ms_layernorm" else nn.RMSNorm(8, eps=1e-5)
     torch_norm = torch_norm.double()
     ours = normact.create(name, 8, elementwise_affine=True, dtype=torch.float64)
-    _perturb(ours)
+    perturb(ours)
     torch_norm.load_state_dict(ours.state_dict())
-    x = _x((3, 8))
-    v = _x((3, 8), seed=3, offset=0.0)
+    x = randn((3, 8))
+    v = randn((3, 8), seed=3, offset=0.0)
     hv = []
     for module in (ours, torch_norm):
         xr = x.clone().requires_grad_(True)
@@ -118,7 +107,7 @@ def test_ms_layernorm_saves_one_activation_less_than_layernorm(dtype, device):
     """Linear -> norm -> Linear: MS-LN saves one activation tensor less than torch.nn.LayerNorm (its input);
     the rest of the difference is LayerNorm's per-row mean and its affine (rows * 4 + 2 C elements)."""
     n, c = 512, 64
-    x = _x((8, n // 8, c), dtype=dtype).to(device).requires_grad_(True)
+    x = randn((8, n // 8, c), dtype=dtype).to(device).requires_grad_(True)
     activation = n * c * x.element_size()
     ms_bytes, y_ms = _saved_bytes(_block(MSLayerNorm(c), c, dtype, device), x)
     ln_bytes, _ = _saved_bytes(_block(nn.LayerNorm(c), c, dtype, device), x)
@@ -136,7 +125,7 @@ def test_ms_rmsnorm_saves_at_least_one_activation_less_than_rmsnorm(dtype, devic
     at least one activation less, and in the block only the two linear inputs (one shared with the norm), the
     two weights and 1/rms."""
     n, c = 512, 64
-    x = _x((8, n // 8, c), dtype=dtype).to(device).requires_grad_(True)
+    x = randn((8, n // 8, c), dtype=dtype).to(device).requires_grad_(True)
     activation = n * c * x.element_size()
     ms_bytes, _ = _saved_bytes(_block(MSRMSNorm(c), c, dtype, device), x)
     rms_bytes, _ = _saved_bytes(_block(nn.RMSNorm(c, eps=1e-5, elementwise_affine=False), c, dtype, device), x)
@@ -149,10 +138,10 @@ def test_affine_breaks_sharing_and_merging_restores_it():
     """With elementwise_affine=True the block saves about as much as with torch.nn.LayerNorm (documented: no gain);
     after merge_affine_into(next linear) it saves one activation less, with the same outputs."""
     n, c = 512, 64
-    x = _x((n, c), dtype=torch.float32).requires_grad_(True)
+    x = randn((n, c), dtype=torch.float32).requires_grad_(True)
     activation = n * c * 4
     norm = MSLayerNorm(c, elementwise_affine=True)
-    _perturb(norm)
+    perturb(norm)
     block = _block(norm, c, torch.float32, "cpu")
     ln_bytes, _ = _saved_bytes(_block(nn.LayerNorm(c), c, torch.float32, "cpu"), x)
     affine_bytes, y_affine = _saved_bytes(block, x)
@@ -168,8 +157,8 @@ def test_affine_breaks_sharing_and_merging_restores_it():
 def test_backward_does_not_read_the_input(name):
     """The input is not saved: changing it in place after the forward leaves the gradient exact (torch's norms
     save it and refuse), and the norm's saved activation is its own output."""
-    x = _x((4, 16))
-    grad_out = _x((4, 16), seed=5, offset=0.0)
+    x = randn((4, 16))
+    grad_out = randn((4, 16), seed=5, offset=0.0)
     ms = normact.create(name, 16, dtype=torch.float64)
     reference = nn.LayerNorm(16, elementwise_affine=False) if name == "ms_layernorm" else nn.RMSNorm(16, eps=1e-5)
     reference = reference.double()
@@ -210,10 +199,10 @@ def test_low_precision_gradients_close_to_float32(name, dtype, tol):
     """float16/bfloat16 input and parameter gradients (computed from the rounded saved output and the float32
     1/sigma) are close to the float32 ones, also for |x| ~ 1e4, relative to the gradient's scale."""
     for scale, offset in ((1.5, 0.5), (3e3, 1e4)):
-        x32 = _x((6, 64), scale=scale, offset=offset, dtype=torch.float32).to(dtype).float()
-        grad_out = _x((6, 64), seed=7, offset=0.0, dtype=torch.float32)
+        x32 = randn((6, 64), scale=scale, offset=offset, dtype=torch.float32).to(dtype).float()
+        grad_out = randn((6, 64), seed=7, offset=0.0, dtype=torch.float32)
         ref = normact.create(name, 64, elementwise_affine=True)
-        _perturb(ref)
+        perturb(ref)
         low = normact.create(name, 64, elementwise_affine=True)
         low.load_state_dict(ref.state_dict())
         low = low.to(dtype)
@@ -234,9 +223,9 @@ def test_merge_affine_into_several_linears_is_exact():
     torch.manual_seed(0)
     c = 12
     norm = MSLayerNorm(c, elementwise_affine=True, dtype=torch.float64)
-    _perturb(norm)
+    perturb(norm)
     linears = [nn.Linear(c, 5, dtype=torch.float64), nn.Linear(c, 7, bias=False, dtype=torch.float64)]
-    x = _x((3, 4, c))
+    x = randn((3, 4, c))
     before = [lin(norm(x)) for lin in linears]
     returned = norm.merge_affine_into(*linears)
     assert returned is norm and norm.weight is None and norm.bias is None
@@ -252,9 +241,9 @@ def test_merge_affine_from_a_pretrained_torch_layernorm_and_rmsnorm():
         (nn.LayerNorm((2, 4), dtype=torch.float64), MSLayerNorm((2, 4), elementwise_affine=True, dtype=torch.float64)),
         (nn.RMSNorm(8, eps=1e-5, dtype=torch.float64), MSRMSNorm(8, elementwise_affine=True, dtype=torch.float64)),
     ):
-        _perturb(torch_norm)
+        perturb(torch_norm)
         lin = nn.Linear(8, 3, dtype=torch.float64)
-        x = _x((5, 2, 4)) if isinstance(torch_norm, nn.LayerNorm) else _x((5, 8))
+        x = randn((5, 2, 4)) if isinstance(torch_norm, nn.LayerNorm) else randn((5, 8))
         want = lin(torch_norm(x).reshape(5, 8))
         ms.load_state_dict(torch_norm.state_dict())
         ms.merge_affine_into(lin)

@@ -15,21 +15,12 @@ import normact
 import normact.functional as NF
 from normact.testing.checks import generator, prepared, snapshot
 from tests.entries.spiking import ENTRIES, simulate
+from tests.helpers import randn
 
 ENTRY = ENTRIES[0]
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
-def _x(shape, scale=1.5, offset=0.5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=g, dtype=torch.float64) * scale + offset
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 @pytest.mark.parametrize("case", ENTRY.cases, ids=lambda c: c.id)
@@ -64,7 +55,7 @@ def test_folded_threshold_gives_the_spikes_of_bn_then_threshold():
         layer.bias[6] = 0.1  # ... or never
     bn = nn.BatchNorm2d(7).eval()
     bn.load_state_dict({k: v for k, v in layer.state_dict().items()})
-    u = _x((64, 7, 5, 5), scale=3.0, offset=0.0, seed=1)  # random membrane potentials
+    u = randn((64, 7, 5, 5), scale=3.0, offset=0.0, seed=1)  # random membrane potentials
     expected = bn(u) > layer.v_th
     thr, above = layer.fold_threshold()
     assert above.tolist() == [g >= 0 for g in gammas]
@@ -83,7 +74,7 @@ def test_eval_forward_fires_from_the_folded_threshold_over_time():
     layer = _layer_with_stats(5, gammas=[1.0, -0.5, 2.0, -1.5, 0.3]).eval()
     bn = nn.BatchNorm2d(5).eval()
     bn.load_state_dict(layer.state_dict())
-    x = _x((4, 6, 5, 3, 3), seed=2)
+    x = randn((4, 6, 5, 3, 3), seed=2)
     u = torch.zeros_like(x[0])
     expected = []
     thr, above = layer.fold_threshold()
@@ -103,7 +94,7 @@ def test_one_time_step_is_a_thresholded_batchnorm(train):
     layer = _layer_with_stats(4, gammas=[1.2, -0.8, 0.5, 1.0]).train(train)
     bn = nn.BatchNorm2d(4).train(train)
     bn.load_state_dict(layer.state_dict())
-    x = _x((1, 8, 4, 3, 3), seed=4)
+    x = randn((1, 8, 4, 3, 3), seed=4)
     y = layer(x)
     torch.testing.assert_close(y[0], (bn(x[0]) > layer.v_th).to(x.dtype), atol=0, rtol=0)
     for name in ("running_mean", "running_var", "num_batches_tracked"):
@@ -130,8 +121,8 @@ def test_matches_the_official_recurrence_with_a_batchnorm_per_time_step(momentum
         layer.weight.copy_(torch.tensor([1.1, -0.6, 0.8, 1.4]))
         layer.bias.copy_(torch.tensor([0.1, 0.3, -0.2, 0.0]))
     bn.load_state_dict(layer.state_dict())
-    x = _x((steps, 6, c, 3, 3), seed=5)
-    g = _x((steps, 6, c, 3, 3), scale=1.0, offset=0.0, seed=6)
+    x = randn((steps, 6, c, 3, 3), seed=5)
+    g = randn((steps, 6, c, 3, 3), scale=1.0, offset=0.0, seed=6)
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
     ya = layer(xa)
     mem, out = torch.zeros_like(xb[0]), []
@@ -158,7 +149,7 @@ def test_batch_first_is_the_transposed_layout(train):
     a = _layer_with_stats(3).train(train)
     b = normact.create("mpbn", 3, batch_first=True).train(train)
     b.load_state_dict(a.state_dict())
-    x = _x((4, 5, 3, 2, 2), seed=7)
+    x = randn((4, 5, 3, 2, 2), seed=7)
     xa, xb = x.clone().requires_grad_(), x.transpose(0, 1).clone().requires_grad_()
     ya, yb = a(xa), b(xb)
     torch.testing.assert_close(yb, ya.transpose(0, 1))
@@ -179,7 +170,7 @@ def test_surrogate_is_the_derivative_of_the_official_tanh_ramp():
 
 def test_spikes_are_exact_in_low_precision_and_the_threshold_is_not_rounded():
     layer = _layer_with_stats(4).eval()
-    x = _x((3, 5, 4, 2, 2), seed=8)
+    x = randn((3, 5, 4, 2, 2), seed=8)
     y64 = layer(x)
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         low = _layer_with_stats(4).eval().to(dtype)

@@ -14,14 +14,9 @@ import normact
 from normact.functional.online import linear_scan
 from normact.testing.checks import snapshot
 from tests.entries.online import ref_online_norm, ref_online_norm_grad
+from tests.helpers import perturb
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _hp(layer, training=True):
@@ -35,11 +30,7 @@ def _hp(layer, training=True):
 
 
 def _perturb(layer, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for t in [*layer.parameters(), layer.running_mean, layer.error_1, layer.error_y]:
-            t.add_(0.3 * torch.randn(t.shape, generator=g))
-        layer.running_var.mul_((0.3 * torch.randn(layer.running_var.shape, generator=g)).exp())
+    perturb(layer, seed, add=("running_mean", "error_1", "error_y"), mul=("running_var",))
 
 
 def test_three_sample_stream_matches_hand_computed_recurrences():

@@ -13,19 +13,9 @@ from torch import nn
 
 import normact
 import normact.functional as NF
+from tests.helpers import randn
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
-def _x(shape, scale=1.5, offset=0.5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=g) * scale + offset
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _mask(shape, seed=3, p=0.3):
@@ -59,7 +49,7 @@ def _qm(t, mask=None):
 def test_eval_folds_into_linear():
     c = 6
     layer = _layer(c).eval()
-    x = _x((3, 5, c))
+    x = randn((3, 5, c))
     scale = layer.weight / (layer.running_phi + layer.eps).sqrt()
     after = nn.Linear(c, c)  # the norm as a Linear of its own
     with torch.no_grad():
@@ -71,7 +61,7 @@ def test_eval_folds_into_linear():
     with torch.no_grad():
         folded.weight.copy_(scale[:, None] * prev.weight)
         folded.bias.copy_(scale * prev.bias + layer.bias)
-    h = _x((3, 5, 4), seed=2)
+    h = randn((3, 5, 4), seed=2)
     torch.testing.assert_close(layer(prev(h)), folded(h), rtol=1e-12, atol=1e-12)
     # evaluation ignores the mask (a per-position map) and leaves every buffer alone
     before = copy.deepcopy(layer.state_dict())
@@ -88,7 +78,7 @@ def test_eval_folds_into_linear():
 def test_warmup_output_has_unit_quadratic_mean_on_the_batch(masked, group_num):
     """During warmup (batch statistics) without affine, mean_B(y^2) = psi_B^2 / (psi_B^2 + eps) ~ 1 per channel."""
     layer = normact.create("powernorm", 6, affine=False, group_num=group_num)
-    x = _x((4, 5, 6))
+    x = randn((4, 5, 6))
     mask = _mask((4, 5)) if masked else None
     y = layer(x, pad_mask=mask)
     u = x if group_num is None else NF.power._group_scale(x, group_num, layer.eps)
@@ -101,7 +91,7 @@ def test_alpha_0_without_warmup_gives_unit_quadratic_mean_from_the_previous_batc
     """warmup_iters=0 normalizes by the previous running statistic; with alpha_fwd=0 that is the previous batch's
     quadratic mean, so a second pass over the same batch has quadratic mean 1 (and the first does not)."""
     layer = normact.create("powernorm", 6, affine=False, warmup_iters=0, alpha_fwd=0.0)
-    x = _x((8, 6), scale=3.0)
+    x = randn((8, 6), scale=3.0)
     first = layer(x)
     torch.testing.assert_close(first, x / (1 + layer.eps) ** 0.5)  # running_phi starts at 1
     second = layer(x)
@@ -118,7 +108,7 @@ def test_sign_symmetry_with_zero_bias(kwargs):
     with torch.no_grad():
         a.bias.zero_()
     b = copy.deepcopy(a)
-    x, mask = _x((4, 5, c)), _mask((4, 5))
+    x, mask = randn((4, 5, c)), _mask((4, 5))
     torch.testing.assert_close(b(-x, pad_mask=mask), -a(x, pad_mask=mask))
     torch.testing.assert_close(a.running_phi, b.running_phi)
     a.eval(), b.eval()
@@ -127,7 +117,7 @@ def test_sign_symmetry_with_zero_bias(kwargs):
 
 def test_mask_on_2d_input_equals_3d_with_length_1():
     a, b = _layer(5), _layer(5)
-    x, mask = _x((7, 5)), _mask((7,))
+    x, mask = randn((7, 5)), _mask((7,))
     torch.testing.assert_close(a(x, pad_mask=mask), b(x[:, None], pad_mask=mask[:, None])[:, 0])
     torch.testing.assert_close(a.running_phi, b.running_phi)
 
@@ -138,9 +128,9 @@ def test_padded_positions_do_not_change_the_others(warmup_iters):
     nor the buffers; the masked layer equals the unmasked one applied to the gathered non-padded tokens."""
     c = 6
     base = _layer(c, warmup_iters=warmup_iters, group_num=2)
-    x, mask = _x((4, 5, c)), _mask((4, 5))
-    g = _x((4, 5, c), scale=1.0, offset=0.0, seed=7)
-    noise = _x((4, 5, c), scale=1e3, offset=0.0, seed=8) * mask[..., None]
+    x, mask = randn((4, 5, c)), _mask((4, 5))
+    g = randn((4, 5, c), scale=1.0, offset=0.0, seed=7)
+    noise = randn((4, 5, c), scale=1e3, offset=0.0, seed=8) * mask[..., None]
     runs = []
     for xs, gs in ((x, g), (x + noise, g + noise)):
         layer = copy.deepcopy(base)
@@ -176,7 +166,7 @@ def test_running_statistics_follow_the_rule():
     layer = normact.create("powernorm", c, affine=False, alpha_fwd=alpha, warmup_iters=3)
     phi = torch.ones(c)
     for t in range(1, 7):
-        x = _x((5, 3, c), scale=1.0 + t, offset=0.2 * t, seed=t)
+        x = randn((5, 3, c), scale=1.0 + t, offset=0.2 * t, seed=t)
         psi2 = _qm(x)
         y = layer(x)
         normalizer = psi2 if t <= 3 else phi
@@ -186,7 +176,7 @@ def test_running_statistics_follow_the_rule():
         torch.testing.assert_close(layer.running_phi, phi)
         assert int(layer.iters) == t
     layer.eval()  # evaluation: the running statistic, no update
-    x = _x((2, 3, c), seed=11)
+    x = randn((2, 3, c), seed=11)
     torch.testing.assert_close(layer(x), x / (phi + eps).sqrt())
     torch.testing.assert_close(layer.running_phi, phi)
     assert int(layer.iters) == 6
@@ -197,12 +187,12 @@ def test_running_statistics_follow_the_rule():
 def test_state_dict_resumes_training_exactly():
     a = _layer(5, warmup_iters=2)
     for t in range(3):
-        xs = _x((4, 3, 5), seed=t).requires_grad_(True)
+        xs = randn((4, 3, 5), seed=t).requires_grad_(True)
         a(xs).sum().backward()
     b = normact.create("powernorm", 5, warmup_iters=2)
     b.load_state_dict(a.state_dict())
     assert set(a.state_dict()) == {"weight", "bias", "running_phi", "ema_gz", "iters"}
-    x = _x((4, 3, 5), seed=9)
+    x = randn((4, 3, 5), seed=9)
     xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     ya, yb = a(xa), b(xb)
     torch.testing.assert_close(ya, yb)
@@ -223,9 +213,9 @@ def test_backward_statistic_follows_the_paper_recursion(kwargs):
     layer = _layer(c, **kwargs)
     a = layer.alpha_bkw
     for t in range(1, 5):
-        x = _x((4, 5, c), seed=t).requires_grad_(True)
+        x = randn((4, 5, c), seed=t).requires_grad_(True)
         mask = _mask((4, 5), seed=t)
-        g = _x((4, 5, c), scale=1.0, offset=0.1, seed=20 + t)
+        g = randn((4, 5, c), scale=1.0, offset=0.1, seed=20 + t)
         phi_before, nu_before = layer.running_phi.clone(), (1 - a) * layer.ema_gz.clone()
         y = layer(x, pad_mask=mask)
         psi2 = _qm(x.detach(), mask)
@@ -245,7 +235,7 @@ def test_backward_statistic_follows_the_paper_recursion(kwargs):
 def test_approximate_backward_is_exact_after_warmup_while_nu_is_0():
     """After warmup the forward divides by a constant; with nu = 0 the paper's backward is its exact gradient,
     while during warmup (batch statistics) it is not."""
-    x, g = _x((4, 5, 6)), _x((4, 5, 6), scale=1.0, seed=5)
+    x, g = randn((4, 5, 6)), randn((4, 5, 6), scale=1.0, seed=5)
     for warmup, equal in ((0, True), (10, False)):
         grads = []
         for approx in (True, False):
@@ -260,7 +250,7 @@ def test_approximate_backward_is_not_called_for_no_grad():
     layer = _layer(4)
     ema = layer.ema_gz.clone()
     with torch.no_grad():
-        layer(_x((3, 4)))
+        layer(randn((3, 4)))
     assert torch.equal(layer.ema_gz, ema) and int(layer.iters) == 1
 
 
@@ -271,7 +261,7 @@ def test_exact_mode_passes_gradcheck(step, group_num):
     the buffers fixed (step 1 of a 3-step warmup: batch statistics; step 5: the running statistic)."""
     c = 4
     layer = _layer(c, group_num=group_num)
-    x = _x((3, 4, c)).requires_grad_(True)
+    x = randn((3, 4, c)).requires_grad_(True)
     w = layer.weight.detach().clone().requires_grad_(True)
     b = layer.bias.detach().clone().requires_grad_(True)
     mask = _mask((3, 4))
@@ -291,12 +281,12 @@ def test_exact_mode_passes_gradcheck(step, group_num):
 
 def test_bad_pad_mask_is_rejected():
     layer = normact.create("powernorm", 4)
-    x = _x((3, 5, 4))
+    x = randn((3, 5, 4))
     with pytest.raises(TypeError, match="bool"):
         layer(x, pad_mask=torch.zeros(3, 5, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\(3, 5\)"):
         layer(x, pad_mask=torch.zeros(5, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"\(N, 4\) or \(N, L, 4\)"):
-        layer(_x((3, 5, 2, 4)))
+        layer(randn((3, 5, 2, 4)))
     with pytest.raises(ValueError, match="group_num must divide"):
         normact.create("powernorm", 6, group_num=4)

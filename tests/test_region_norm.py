@@ -10,19 +10,9 @@ import torch
 import torch.nn.functional as F
 
 import normact
+from tests.helpers import perturb, randn
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
-def _x(shape, scale=1.5, offset=0.5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=g) * scale + offset
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _mask(shape, p=0.5, seed=1):
@@ -30,17 +20,10 @@ def _mask(shape, p=0.5, seed=1):
     return torch.rand(shape, generator=g) < p
 
 
-def _perturb(layer, seed=3):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g))
-
-
 @pytest.mark.parametrize("value", [True, False])
 def test_one_region_is_batch_norm(value):
     layer = normact.create("region_norm_b", 4, affine=False, track_running_stats=False)
-    x = _x((3, 4, 5, 6))
+    x = randn((3, 4, 5, 6))
     mask = torch.full((3, 1, 5, 6), value)
     expected = F.batch_norm(x, None, None, training=True, eps=1e-5)
     torch.testing.assert_close(layer(x, mask=mask), expected)
@@ -59,7 +42,7 @@ def test_one_region_is_batch_norm(value):
 
 def test_each_region_has_zero_mean_and_unit_variance_per_channel():
     layer = normact.create("region_norm_b", 3, affine=False, eps=1e-12)
-    x = _x((4, 3, 6, 5))
+    x = randn((4, 3, 6, 5))
     x = x + 3.0 * _mask((4, 1, 6, 5), seed=9)  # shift one region: the statistics differ between the regions
     mask = _mask((4, 1, 6, 5))
     y = layer(x, mask=mask)
@@ -74,11 +57,11 @@ def test_each_region_has_zero_mean_and_unit_variance_per_channel():
 @pytest.mark.parametrize("changed", [0, 1])
 def test_changing_one_region_leaves_the_other_unchanged(changed):
     layer = normact.create("region_norm_b", 4)
-    _perturb(layer)
-    x = _x((3, 4, 5, 5))
+    perturb(layer, seed=3)
+    x = randn((3, 4, 5, 5))
     mask = _mask((3, 1, 5, 5))
     region = (mask == bool(changed)).expand_as(x)
-    x2 = torch.where(region, _x(x.shape, scale=4.0, offset=-2.0, seed=5), x)
+    x2 = torch.where(region, randn(x.shape, scale=4.0, offset=-2.0, seed=5), x)
     y, y2 = layer(x, mask=mask), layer(x2, mask=mask)
     other = ~region
     torch.testing.assert_close(y[other], y2[other], rtol=0, atol=0)
@@ -91,7 +74,7 @@ def test_per_region_affine():
         layer.weight.copy_(torch.tensor([[1.0, 2.0, 3.0], [-1.0, 0.5, 4.0]]))
         layer.bias.copy_(torch.tensor([[0.1, 0.2, 0.3], [-0.5, 1.0, 2.0]]))
     plain = normact.create("region_norm_b", 3, affine=False)
-    x, mask = _x((2, 3, 4, 4)), _mask((2, 1, 4, 4))
+    x, mask = randn((2, 3, 4, 4)), _mask((2, 1, 4, 4))
     y, z = layer(x, mask=mask), plain(x, mask=mask)
     m = mask.expand_as(x)
     w = torch.where(m, layer.weight[1].view(1, 3, 1, 1), layer.weight[0].view(1, 3, 1, 1))
@@ -119,7 +102,7 @@ def _official_rn_b(x, mask, eps):
 
 
 def test_matches_the_official_arithmetic_up_to_eps_placement():
-    x = _x((3, 4, 5, 5))
+    x = randn((3, 4, 5, 5))
     mask = _mask((3, 1, 5, 5)).to(torch.float64)
     layer = normact.create("region_norm_b", 4, eps=1e-12)
     torch.testing.assert_close(layer(x, mask=mask), _official_rn_b(x, mask, 1e-12))
@@ -133,9 +116,9 @@ def test_matches_the_official_arithmetic_up_to_eps_placement():
 
 def test_empty_region_is_finite_in_values_and_gradients():
     layer = normact.create("region_norm_b", 3)
-    _perturb(layer)
+    perturb(layer, seed=3)
     for mask in (torch.zeros(2, 1, 3, 3, dtype=torch.bool), torch.ones(2, 1, 3, 3, dtype=torch.bool)):
-        x = _x((2, 3, 3, 3)).requires_grad_()
+        x = randn((2, 3, 3, 3)).requires_grad_()
         y = layer(x, mask=mask)
         y.square().sum().backward()
         assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
@@ -146,8 +129,8 @@ def test_empty_region_is_finite_in_values_and_gradients():
 
 def test_mask_formats_and_resizing_agree():
     layer = normact.create("region_norm_b", 3)
-    _perturb(layer)
-    x = _x((2, 3, 4, 6))
+    perturb(layer, seed=3)
+    x = randn((2, 3, 4, 6))
     mask = _mask((2, 1, 4, 6))
     expected = layer(x, mask=mask)
     for other in (mask[:, 0], mask.to(torch.float64), mask.to(torch.long), mask[:, 0].to(torch.float32) * 0.9):
@@ -161,7 +144,7 @@ def test_mask_formats_and_resizing_agree():
 
 def test_bad_masks_are_rejected_with_the_expected_shape():
     layer = normact.create("region_norm_b", 3)
-    x = _x((2, 3, 4, 4))
+    x = randn((2, 3, 4, 4))
     with pytest.raises(ValueError, match=r"\(2, 1, h, w\) or \(2, h, w\)"):
         layer(x, mask=_mask((3, 1, 4, 4)))
     with pytest.raises(ValueError, match="shape"):
@@ -172,8 +155,8 @@ def test_bad_masks_are_rejected_with_the_expected_shape():
 
 def test_running_statistics_per_region_and_eval():
     layer = normact.create("region_norm_b", 3, affine=False, momentum=None)
-    batches = [(_x((2, 3, 4, 4), seed=s, offset=s), _mask((2, 1, 4, 4), seed=10 + s)) for s in range(3)]
-    batches.append((_x((2, 3, 4, 4), seed=7), torch.ones(2, 1, 4, 4, dtype=torch.bool)))  # region 0 absent
+    batches = [(randn((2, 3, 4, 4), seed=s, offset=s), _mask((2, 1, 4, 4), seed=10 + s)) for s in range(3)]
+    batches.append((randn((2, 3, 4, 4), seed=7), torch.ones(2, 1, 4, 4, dtype=torch.bool)))  # region 0 absent
     stats = {0: [], 1: []}
     for x, mask in batches:
         layer(x, mask=mask)
@@ -187,7 +170,7 @@ def test_running_statistics_per_region_and_eval():
         torch.testing.assert_close(layer.running_mean[k], torch.stack([m for m, _ in stats[k]]).mean(0))
         torch.testing.assert_close(layer.running_var[k], torch.stack([v for _, v in stats[k]]).mean(0))
     layer.eval()
-    x, mask = _x((2, 3, 4, 4), seed=20), _mask((2, 1, 4, 4), seed=21)
+    x, mask = randn((2, 3, 4, 4), seed=20), _mask((2, 1, 4, 4), seed=21)
     m = mask.expand_as(x)
     mean = torch.where(m, layer.running_mean[1].view(1, 3, 1, 1), layer.running_mean[0].view(1, 3, 1, 1))
     var = torch.where(m, layer.running_var[1].view(1, 3, 1, 1), layer.running_var[0].view(1, 3, 1, 1))
@@ -212,8 +195,8 @@ def _spatial_affine(layer, s):
 @pytest.mark.parametrize("threshold", [1.5, -0.5])
 def test_rn_l_with_one_detected_region_is_batch_norm_with_a_spatial_affine(threshold):
     layer = normact.create("region_norm_l", 4, threshold=threshold)
-    _perturb(layer)
-    x = _x((3, 4, 6, 5))
+    perturb(layer, seed=3)
+    x = randn((3, 4, 6, 5))
     s = _response(layer, x)
     gamma, beta = _spatial_affine(layer, s)
     expected = F.batch_norm(x, None, None, training=True) * (1 + gamma) + beta
@@ -222,8 +205,8 @@ def test_rn_l_with_one_detected_region_is_batch_norm_with_a_spatial_affine(thres
 
 def test_rn_l_is_rn_b_on_its_detected_mask_and_stops_the_mask_gradient():
     layer = normact.create("region_norm_l", 3, kernel_size=3, threshold=0.5, track_running_stats=False)
-    _perturb(layer)
-    x = _x((2, 3, 5, 5))
+    perturb(layer, seed=3)
+    x = randn((2, 3, 5, 5))
     mask = _response(layer, x) >= 0.5
     assert 0 < mask.float().mean() < 1
     xa = x.clone().requires_grad_()
@@ -261,7 +244,7 @@ def test_rn_l_defaults_follow_the_official_code():
 def test_low_precision_large_inputs(name):
     for dtype in (torch.float16, torch.bfloat16):
         layer = normact.create(name, 4, dtype=dtype)
-        x = (_x((2, 4, 5, 5)) * 1e4).to(dtype)
+        x = (randn((2, 4, 5, 5)) * 1e4).to(dtype)
         cond = {"mask": _mask((2, 1, 5, 5))} if name == "region_norm_b" else {}
         y = layer(x, **cond)
         assert y.dtype == dtype and torch.isfinite(y).all()

@@ -9,19 +9,9 @@ import torch
 
 import normact
 from tests.entries.rescale import ref_rescale_norm
+from tests.helpers import randn
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
-def _x(shape, scale=1.5, offset=0.5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=g) * scale + offset
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 @pytest.mark.parametrize("shape", [(3, 6, 4, 5), (2, 4, 7), (4, 8)])
@@ -32,7 +22,7 @@ def test_unit_meta_weights_and_an_identity_branch_reconstruct_the_input(shape):
         layer.rescale_bias.zero_()
         layer.rebias_weight.fill_(1.0)
         layer.rebias_bias.zero_()
-    x = _x(shape, scale=3.0, offset=2.0)
+    x = randn(shape, scale=3.0, offset=2.0)
     x_hat, rescale, rebias = layer(x)
     assert rescale.shape == rebias.shape == (shape[0], shape[1]) + (1,) * (len(shape) - 2)
     torch.testing.assert_close(x_hat * rescale + rebias, x)
@@ -40,7 +30,7 @@ def test_unit_meta_weights_and_an_identity_branch_reconstruct_the_input(shape):
 
 def test_x_hat_has_zero_mean_and_unit_variance_per_sample():
     layer = normact.create("rescale_norm", 5, eps=1e-12)
-    x = _x((4, 5, 3, 6)) * torch.arange(1, 5).view(4, 1, 1, 1)  # other statistics per sample
+    x = randn((4, 5, 3, 6)) * torch.arange(1, 5).view(4, 1, 1, 1)  # other statistics per sample
     x_hat, rescale, rebias = layer(x)
     flat = x_hat.reshape(4, -1)
     torch.testing.assert_close(flat.mean(1), torch.zeros(4), atol=1e-12, rtol=0)
@@ -74,7 +64,7 @@ def test_initial_values_follow_the_official_rln():
 
 
 def test_detach_grad_keeps_the_forward_and_stops_gradients_through_the_statistics():
-    x = _x((3, 4, 3, 3))
+    x = randn((3, 4, 3, 3))
     plain, detached = normact.create("rescale_norm", 4), normact.create("rescale_norm", 4, detach_grad=True)
     with torch.no_grad():
         for p in plain.parameters():
@@ -101,14 +91,14 @@ def test_detach_grad_keeps_the_forward_and_stops_gradients_through_the_statistic
 
 def test_create_builds_a_working_layer_with_a_tuple_output_and_low_precision():
     layer = normact.create("rescale_norm", 6)
-    out = layer(_x((2, 6, 4, 4)))
+    out = layer(randn((2, 6, 4, 4)))
     assert isinstance(out, tuple) and len(out) == 3
     assert "detach_grad" not in repr(layer) and "detach_grad=True" in repr(
         normact.create("rescale_norm", 6, detach_grad=True)
     )
     for dtype in (torch.float16, torch.bfloat16):
         layer = normact.create("rescale_norm", 6, dtype=dtype)
-        outs = layer((_x((2, 6, 4, 4)) * 1e4).to(dtype))
+        outs = layer((randn((2, 6, 4, 4)) * 1e4).to(dtype))
         assert all(o.dtype == dtype and torch.isfinite(o).all() for o in outs)
     with pytest.raises(ValueError, match=r"\(N, 6, \*\)"):
         layer(torch.randn(2, 5, 3, 3, dtype=torch.float16))
@@ -120,7 +110,7 @@ def test_block_usage_as_in_dehazeformer():
     torch.manual_seed(0)
     norm = normact.create("rescale_norm", 8)
     branch = torch.nn.Conv2d(8, 8, 1)
-    x = _x((2, 8, 4, 4), scale=1.0, offset=0.0)
+    x = randn((2, 8, 4, 4), scale=1.0, offset=0.0)
     x_hat, rescale, rebias = norm(x)
     out = branch(x_hat) * rescale + rebias
     torch.testing.assert_close(out, branch(x_hat), atol=0.15, rtol=0.1)

@@ -10,13 +10,7 @@ from torch import nn
 
 import normact
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _x(lmax, channels, lead=(5,), seed=0, offset=0.5):

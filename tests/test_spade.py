@@ -11,19 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import normact
+from tests.helpers import randn
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
-def _x(shape, scale=1.5, offset=0.5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=g) * scale + offset
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _zero_modulation(layer):
@@ -60,7 +50,7 @@ def test_default_init_is_torch_conv2d_and_official_structure_matches(param_free)
     torch.testing.assert_close(layer.shared_weight, official.shared[0].weight, rtol=0, atol=0)
     torch.testing.assert_close(layer.beta_bias, official.beta.bias, rtol=0, atol=0)
     for step in range(3):
-        x, segmap = _x((3, c, 6, 5), seed=step), _x((3, label_nc, 3, 3), seed=10 + step)
+        x, segmap = randn((3, c, 6, 5), seed=step), randn((3, label_nc, 3, 3), seed=10 + step)
         xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
         ya, yb = layer(xa, segmap=segmap), official(xb, segmap)
         torch.testing.assert_close(ya, yb)
@@ -75,7 +65,7 @@ def test_default_init_is_torch_conv2d_and_official_structure_matches(param_free)
     else:
         assert layer.running_mean is None and layer.num_batches_tracked is None
     layer.eval(), official.eval()
-    x, segmap = _x((2, c, 4, 4), seed=7), _x((2, label_nc, 8, 8), seed=8)
+    x, segmap = randn((2, c, 4, 4), seed=7), randn((2, label_nc, 8, 8), seed=8)
     torch.testing.assert_close(layer(x, segmap=segmap), official(x, segmap))
 
 
@@ -88,8 +78,8 @@ def test_zero_modulation_is_batch_norm_without_affine(train):
         layer.running_var.uniform_(0.5, 2)
     rm, rv = layer.running_mean.clone(), layer.running_var.clone()
     layer.train(train)
-    x = _x((4, 5, 3, 6))
-    y = layer(x, segmap=_x((4, 2, 3, 6), seed=1))
+    x = randn((4, 5, 3, 6))
+    y = layer(x, segmap=randn((4, 2, 3, 6), seed=1))
     torch.testing.assert_close(y, F.batch_norm(x, rm, rv, training=train, momentum=0.1, eps=1e-5))
     torch.testing.assert_close(layer.running_mean, rm)  # F.batch_norm updated rm/rv in place likewise
     torch.testing.assert_close(layer.running_var, rv)
@@ -98,18 +88,18 @@ def test_zero_modulation_is_batch_norm_without_affine(train):
 def test_zero_modulation_is_instance_norm_without_affine():
     layer = normact.create("spade_instance", 5, label_nc=2, hidden=6)
     _zero_modulation(layer)
-    x = _x((3, 5, 4, 6))
+    x = randn((3, 5, 4, 6))
     for mode in (True, False):
         layer.train(mode)
-        torch.testing.assert_close(layer(x, segmap=_x((3, 2, 2, 3), seed=1)), F.instance_norm(x, eps=1e-5))
+        torch.testing.assert_close(layer(x, segmap=randn((3, 2, 2, 3), seed=1)), F.instance_norm(x, eps=1e-5))
 
 
 def test_untracked_batch_statistics_in_eval():
     layer = normact.create("spade", 3, label_nc=1, hidden=4, track_running_stats=False).eval()
     assert layer.running_mean is None
     _zero_modulation(layer)
-    x = _x((4, 3, 3, 3))
-    torch.testing.assert_close(layer(x, segmap=_x((4, 1, 3, 3))), F.batch_norm(x, None, None, training=True))
+    x = randn((4, 3, 3, 3))
+    torch.testing.assert_close(layer(x, segmap=randn((4, 1, 3, 3))), F.batch_norm(x, None, None, training=True))
 
 
 def _constant_affine(layer, labels):
@@ -126,7 +116,7 @@ def test_spatially_constant_map_is_a_per_channel_affine(name, kernel_size):
     c, label_nc = 4, 3
     layer = normact.create(name, c, label_nc=label_nc, hidden=8, kernel_size=kernel_size)
     labels = torch.tensor([0.0, 1.0, 0.0])  # one label everywhere, one-hot
-    x = _x((3, c, 9, 8))
+    x = randn((3, c, 9, 8))
     y = layer(x, segmap=labels.view(1, -1, 1, 1).expand(3, -1, 2, 2))
     weight, bias = _constant_affine(layer, labels)
     norm = nn.BatchNorm2d(c) if name == "spade" else nn.InstanceNorm2d(c, affine=True)
@@ -143,34 +133,34 @@ def test_spatially_constant_map_is_a_per_channel_affine(name, kernel_size):
 
 def test_smaller_and_larger_maps_are_resized_by_nearest_interpolation():
     layer = normact.create("spade", 3, label_nc=2, hidden=4)
-    x = _x((2, 3, 6, 4))
-    small = _x((2, 2, 3, 2), seed=1)
+    x = randn((2, 3, 6, 4))
+    small = randn((2, 2, 3, 2), seed=1)
     up = small.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)  # exact 2x nearest upsampling
     torch.testing.assert_close(layer(x, segmap=small), layer(x, segmap=up))
-    large = _x((2, 2, 12, 8), seed=2)
+    large = randn((2, 2, 12, 8), seed=2)
     torch.testing.assert_close(layer(x, segmap=large), layer(x, segmap=large[:, :, ::2, ::2]))
-    odd = _x((2, 2, 5, 3), seed=3)
+    odd = randn((2, 2, 5, 3), seed=3)
     torch.testing.assert_close(layer(x, segmap=odd), layer(x, segmap=F.interpolate(odd, size=(6, 4), mode="nearest")))
 
 
 def test_segmap_gradient_flows_and_bad_segmaps_are_rejected():
     layer = normact.create("spade", 3, label_nc=2, hidden=4)
-    x = _x((2, 3, 4, 4))
-    segmap = _x((2, 2, 2, 2), seed=1).requires_grad_()
+    x = randn((2, 3, 4, 4))
+    segmap = randn((2, 2, 2, 2), seed=1).requires_grad_()
     layer(x, segmap=segmap).sum().backward()
     assert segmap.grad is not None and segmap.grad.abs().sum() > 0
     with pytest.raises(ValueError, match=r"segmap of shape \(2, 2, h, w\)"):
-        layer(x, segmap=_x((2, 3, 4, 4)))
+        layer(x, segmap=randn((2, 3, 4, 4)))
     with pytest.raises(ValueError, match=r"shape \(2, 2, h, w\)"):
-        layer(x, segmap=_x((3, 2, 4, 4)))
+        layer(x, segmap=randn((3, 2, 4, 4)))
     with pytest.raises(ValueError, match="shape"):
-        layer(x, segmap=_x((2, 2, 4)))
+        layer(x, segmap=randn((2, 2, 4)))
     with pytest.raises(TypeError, match="floating-point segmap"):
         layer(x, segmap=torch.ones(2, 2, 4, 4, dtype=torch.long))
     with pytest.raises(TypeError, match="segmap"):
         layer(x, segmap=[[0.0]])
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
-        layer(_x((2, 3, 4)), segmap=segmap)
+        layer(randn((2, 3, 4)), segmap=segmap)
 
 
 def test_registry_variants_and_low_precision():
@@ -180,6 +170,6 @@ def test_registry_variants_and_low_precision():
     assert normact.info("spade").properties.batch_dependent and not normact.info("spade_instance").properties.stateful
     for dtype in (torch.float16, torch.bfloat16):
         layer = normact.create("spade", 6, label_nc=2, hidden=8, dtype=dtype)
-        y = layer(_x((2, 6, 4, 4)).to(dtype) * 1e4, segmap=_x((2, 2, 4, 4)).to(dtype))
+        y = layer(randn((2, 6, 4, 4)).to(dtype) * 1e4, segmap=randn((2, 2, 4, 4)).to(dtype))
         assert y.dtype == dtype and torch.isfinite(y).all()
         assert layer.running_mean.dtype == dtype

@@ -12,28 +12,12 @@ import torch.nn.functional as F
 
 import normact
 from normact.layers.norm.time_dependent import TimeDependentLayerNorm, TimeDependentRMSNorm
+from tests.helpers import perturb, randn
 
 NAMES = ["td_layernorm", "td_rmsnorm"]
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
-def _x(shape, scale=1.5, offset=0.5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=g) * scale + offset
-
-
-def _perturb(module, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.5 * torch.randn(p.shape, generator=g))
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _normalized(name, x, eps):
@@ -46,9 +30,9 @@ def _normalized(name, x, eps):
 @pytest.mark.parametrize("name", NAMES)
 def test_at_init_the_output_is_the_plain_norm_for_any_t(name):
     layer = normact.create(name, 16, bias=True)
-    x = _x((4, 6, 16))
+    x = randn((4, 6, 16))
     want = _normalized(name, x, layer.eps)
-    for t in (torch.zeros(4), 10 * _x((4,), seed=3), torch.full((4,), -1e3), torch.tensor(7.0)):
+    for t in (torch.zeros(4), 10 * randn((4,), seed=3), torch.full((4,), -1e3), torch.tensor(7.0)):
         torch.testing.assert_close(layer(x, t=t), want, atol=1e-12, rtol=1e-12)
     if name == "td_layernorm":
         torch.testing.assert_close(layer(x, t=torch.randn(4)), F.layer_norm(x, (16,), eps=1e-5))
@@ -57,13 +41,13 @@ def test_at_init_the_output_is_the_plain_norm_for_any_t(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_equal_endpoints_make_the_output_independent_of_t(name):
     layer = normact.create(name, 16, bias=True)
-    _perturb(layer)
+    perturb(layer, scale=0.5)
     with torch.no_grad():
         layer.weight1.copy_(layer.weight0)
         layer.bias1.copy_(layer.bias0)
-    x = _x((4, 16))
+    x = randn((4, 16))
     y0 = layer(x, t=torch.zeros(4))
-    for t in (_x((4,), scale=5.0, seed=4), torch.full((4,), 30.0), torch.full((4,), -30.0)):
+    for t in (randn((4,), scale=5.0, seed=4), torch.full((4,), 30.0), torch.full((4,), -30.0)):
         torch.testing.assert_close(layer(x, t=t), y0, atol=1e-12, rtol=1e-12)
     # ... and depends on t once they differ (slopes are nonzero)
     with torch.no_grad():
@@ -75,11 +59,11 @@ def test_equal_endpoints_make_the_output_independent_of_t(name):
 def test_limits_of_t_select_the_endpoints(name):
     """With slopes w > 0, t -> +inf gives P0 and t -> -inf gives P1 (reversed for w < 0)."""
     layer = normact.create(name, 16, bias=True)
-    _perturb(layer)
+    perturb(layer, scale=0.5)
     with torch.no_grad():
         layer.weight_slope.abs_().add_(0.1)
         layer.bias_slope.abs_().add_(0.1)
-    x = _x((2, 3, 16))
+    x = randn((2, 3, 16))
     xhat = _normalized(name, x, layer.eps)
     big = torch.tensor([1e3, -1e3])
     torch.testing.assert_close(layer.gamma(big), torch.stack([layer.weight0, layer.weight1]).detach())
@@ -95,11 +79,11 @@ def test_limits_of_t_select_the_endpoints(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_gradients_flow_to_t(name):
     layer = normact.create(name, 16, bias=True)
-    x = _x((3, 5, 16))
-    t = _x((3,), seed=2).requires_grad_(True)
+    x = randn((3, 5, 16))
+    t = randn((3,), seed=2).requires_grad_(True)
     (g,) = torch.autograd.grad(layer(x, t=t).pow(2).sum(), t)
     assert torch.equal(g, torch.zeros(3))  # at init the output does not depend on t
-    _perturb(layer)
+    perturb(layer, scale=0.5)
     (g,) = torch.autograd.grad(layer(x, t=t).pow(2).sum(), t)
     assert (g.abs() > 1e-6).all()
     # the analytic derivative: d/dt of sum(y^2) by central differences
@@ -118,9 +102,9 @@ def test_per_sample_loop_of_the_official_code(name):
     """DiMR applies one parameter set per sample to all its tokens: y[i] = xhat[i] * gamma(t_i) + beta(t_i),
     P(t) = addcmul(P1, sigmoid(t * w + b), P0 - P1) (official tdp_torch)."""
     layer = normact.create(name, 8, bias=True)
-    _perturb(layer)
-    x = _x((3, 4, 5, 8))
-    t = _x((3,), scale=2.0, seed=6)
+    perturb(layer, scale=0.5)
+    x = randn((3, 4, 5, 8))
+    t = randn((3,), scale=2.0, seed=6)
     y = layer(x, t=t)
     for i in range(3):
         s_w = torch.sigmoid(t[i] * layer.weight_slope + layer.weight_offset)
@@ -133,9 +117,9 @@ def test_per_sample_loop_of_the_official_code(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_t_shapes_broadcast_from_the_left(name):
     layer = normact.create(name, 8, bias=True)
-    _perturb(layer)
-    x = _x((3, 4, 8))
-    t = _x((3,), seed=8)
+    perturb(layer, scale=0.5)
+    x = randn((3, 4, 8))
+    t = randn((3,), seed=8)
     per_token = t[:, None].expand(3, 4).contiguous()
     torch.testing.assert_close(layer(x, t=t), layer(x, t=per_token))
     torch.testing.assert_close(layer(x, t=t[:1]), layer(x, t=t[:1].expand(3)))
@@ -149,7 +133,7 @@ def test_t_shapes_broadcast_from_the_left(name):
 def test_bad_t_shape_raises_naming_the_shape(name, bad):
     layer = normact.create(name, 8)
     with pytest.raises(ValueError, match=re_shape(bad)):
-        layer(_x((3, 4, 8)), t=torch.zeros(bad))
+        layer(randn((3, 4, 8)), t=torch.zeros(bad))
 
 
 def re_shape(shape):
@@ -159,7 +143,7 @@ def re_shape(shape):
 @pytest.mark.parametrize("name", NAMES)
 def test_t_is_a_required_floating_keyword(name):
     layer = normact.create(name, 8)
-    x = _x((3, 8))
+    x = randn((3, 8))
     with pytest.raises(TypeError):
         layer(x)
     with pytest.raises(TypeError):
@@ -192,9 +176,9 @@ def test_defaults_and_metadata():
 
 def test_low_precision_matches_float32():
     layer = normact.create("td_layernorm", 32)
-    _perturb(layer)
-    x = _x((4, 6, 32)).float()
-    t = _x((4,), seed=9).float()
+    perturb(layer, scale=0.5)
+    x = randn((4, 6, 32)).float()
+    t = randn((4,), seed=9).float()
     y32 = layer.float()(x, t=t)
     for dtype, tol in ((torch.float16, 1e-2), (torch.bfloat16, 6e-2)):
         low = normact.create("td_layernorm", 32, dtype=dtype)

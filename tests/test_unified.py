@@ -14,19 +14,9 @@ from torch import nn
 import normact
 from normact.testing.checks import snapshot
 from tests.entries.unified import forward_state, pad_mask_fn, reference_backward
+from tests.helpers import randn
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
-def _x(shape, scale=1.5, offset=0.5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=g) * scale + offset
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _hp(layer):
@@ -52,7 +42,7 @@ def _mean_square(x, pad_mask=None):
 @pytest.mark.parametrize("masked", [False, True])
 def test_first_iteration_normalizes_by_the_batch_mean_square(shape, masked):
     layer = normact.create("unified_norm", 5)
-    x = _x(shape)
+    x = randn(shape)
     mask = pad_mask_fn(shape, torch.Generator().manual_seed(3))["pad_mask"] if masked else None
     y = layer(x, pad_mask=mask)
     torch.testing.assert_close(y * torch.sqrt(_mean_square(x, mask) + layer.eps), x)
@@ -64,7 +54,7 @@ def test_first_iteration_normalizes_by_the_batch_mean_square(shape, masked):
 def test_the_smoothed_statistic_is_the_geometric_mean_and_at_most_the_arithmetic_mean():
     layer = normact.create("unified_norm", 5, window_size=4, warmup_iters=0)
     for step in range(8):
-        x = _x((6, 4, 5), scale=1.0 + 0.3 * step, seed=step)
+        x = randn((6, 4, 5), scale=1.0 + 0.3 * step, seed=step)
         y = layer(x)
         window = layer.x2_window
         geometric = torch.exp(torch.log(window).mean(0))
@@ -81,7 +71,7 @@ def test_the_smoothed_statistic_is_the_geometric_mean_and_at_most_the_arithmetic
 def _warmed(outlier_filtration=True, steps=6, channels=4):
     layer = normact.create("unified_norm", channels, warmup_iters=0, outlier_filtration=outlier_filtration)
     for step in range(steps):
-        layer(_x((8, 8, channels), seed=10 + step))
+        layer(randn((8, 8, channels), seed=10 + step))
     return layer
 
 
@@ -89,7 +79,7 @@ def test_outlier_filtration_skips_an_outlier_batch():
     layer = _warmed()
     assert int(layer.num_skipped) == 0  # stationary batches are kept
     before = copy.deepcopy(layer)
-    outlier = _x((8, 8, 4), scale=15.0, seed=99)
+    outlier = randn((8, 8, 4), scale=15.0, seed=99)
     x2 = _mean_square(outlier)
     window = before.x2_window
     candidate = torch.cat([window[1:], x2[None]])
@@ -111,7 +101,7 @@ def test_outlier_filtration_skips_an_outlier_batch():
 
 def test_a_regular_batch_is_not_skipped():
     layer = _warmed()
-    x = _x((8, 8, 4), seed=50)
+    x = randn((8, 8, 4), seed=50)
     layer(x)
     assert int(layer.num_skipped) == 0
     torch.testing.assert_close(layer.x2_window[-1], _mean_square(x))
@@ -125,9 +115,9 @@ def test_eval_folds_into_the_preceding_linear_exactly():
         layer.weight.uniform_(0.5, 1.5)
         layer.bias.normal_()
     for step in range(6):
-        layer(linear(_x((4, 3, 7), seed=step)).detach())
+        layer(linear(randn((4, 3, 7), seed=step)).detach())
     layer.eval()
-    x = _x((4, 3, 7), seed=20)
+    x = randn((4, 3, 7), seed=20)
     expected = layer(linear(x))
     scale = layer.weight / torch.sqrt(layer.running_var + layer.eps)
     folded = nn.Linear(7, 5)
@@ -143,11 +133,11 @@ def test_eval_folds_into_the_preceding_linear_exactly():
 def test_padded_values_do_not_change_the_other_outputs(compensation):
     shape = (4, 6, 5)
     mask = pad_mask_fn(shape, torch.Generator().manual_seed(1))["pad_mask"]
-    x = _x(shape)
-    x_other = torch.where(mask[..., None], _x(shape, scale=50.0, seed=7), x)
+    x = randn(shape)
+    x_other = torch.where(mask[..., None], randn(shape, scale=50.0, seed=7), x)
     a = normact.create("unified_norm", 5, warmup_iters=0, gradient_compensation=compensation)
     for step in range(5):  # into the smoothed regime
-        a(_x(shape, seed=30 + step), pad_mask=mask)
+        a(randn(shape, seed=30 + step), pad_mask=mask)
     b = copy.deepcopy(a)
     ya, yb = a(x, pad_mask=mask), b(x_other, pad_mask=mask)
     torch.testing.assert_close(ya[~mask], yb[~mask], rtol=1e-12, atol=1e-12)
@@ -174,9 +164,9 @@ def test_compensated_backward_and_its_buffers_follow_the_official_equations(kwar
     hp = _hp(layer)
     for step in range(7):  # through t <= W, the warm-up and the windowed regime
         shape = (6, 3, 5)
-        x = _x(shape, scale=1.0 + 0.5 * (step % 3), seed=step)
+        x = randn(shape, scale=1.0 + 0.5 * (step % 3), seed=step)
         mask = pad_mask_fn(shape, torch.Generator().manual_seed(step))["pad_mask"] if masked else None
-        g = _x(shape, scale=1.0, offset=0.0, seed=100 + step)
+        g = randn(shape, scale=1.0, offset=0.0, seed=100 + step)
         params = snapshot(layer)
         xg = x.clone().requires_grad_(True)
         y = layer(xg, pad_mask=mask)
@@ -195,8 +185,8 @@ def test_compensated_backward_and_its_buffers_follow_the_official_equations(kwar
 
 def test_the_ratio_r_scales_the_backward_after_1000_iterations():
     layer = normact.create("unified_norm", 4, warmup_iters=0)
-    x = _x((6, 3, 4))
-    g = _x((6, 3, 4), scale=1.0, offset=0.0, seed=5)
+    x = randn((6, 3, 4))
+    g = randn((6, 3, 4), scale=1.0, offset=0.0, seed=5)
     with torch.no_grad():
         layer.running_var.fill_(0.01)  # far below the batch statistic: r clamped at 5 once active
         layer.x2_window.fill_(2.5)
@@ -215,8 +205,8 @@ def test_the_ratio_r_scales_the_backward_after_1000_iterations():
 
 
 def test_compensation_is_not_the_exact_gradient_but_window_1_is():
-    x = _x((5, 3, 4))
-    g = _x((5, 3, 4), scale=1.0, offset=0.0, seed=2)
+    x = randn((5, 3, 4))
+    g = randn((5, 3, 4), scale=1.0, offset=0.0, seed=2)
     grads = {}
     for name, kwargs in (("compensated", {}), ("exact", {"gradient_compensation": False}), ("w1", {"window_size": 1})):
         layer = normact.create("unified_norm", 4, **kwargs)
@@ -251,19 +241,19 @@ def test_exact_paths_pass_plain_gradcheck(kwargs, masked):
     layer = normact.create("unified_norm", 4, **kwargs)
     shape = (4, 3, 4)
     for step in range(5):
-        layer(_x(shape, seed=40 + step))
+        layer(randn(shape, seed=40 + step))
     with torch.no_grad():
         layer.weight.uniform_(0.5, 1.5)
         layer.bias.normal_()
     mask = pad_mask_fn(shape, torch.Generator().manual_seed(4))["pad_mask"] if masked else None
     fn = _stateless(layer, pad_mask=mask)
-    inputs = (_x(shape).requires_grad_(True), *[p.detach().clone().requires_grad_(True) for p in layer.parameters()])
+    inputs = (randn(shape).requires_grad_(True), *[p.detach().clone().requires_grad_(True) for p in layer.parameters()])
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
 def test_two_forward_passes_then_one_backward_pass():
     layer = normact.create("unified_norm", 4, warmup_iters=0)
-    a, b = _x((3, 2, 4)).requires_grad_(True), _x((3, 2, 4), seed=1).requires_grad_(True)
+    a, b = randn((3, 2, 4)).requires_grad_(True), randn((3, 2, 4), seed=1).requires_grad_(True)
     (layer(a).sum() + layer(b).sum()).backward()
     assert a.grad is not None and b.grad is not None
     assert int(layer.num_batches_tracked) == 2
@@ -273,14 +263,14 @@ def test_training_resumes_from_a_state_dict():
     kwargs = {"warmup_iters": 2, "window_size": 3, "outlier_filtration": True}
     a = normact.create("unified_norm", 4, **kwargs)
     for step in range(5):
-        x = _x((4, 3, 4), seed=step).requires_grad_(True)
-        a(x).backward(_x((4, 3, 4), offset=0.0, seed=60 + step))
+        x = randn((4, 3, 4), seed=step).requires_grad_(True)
+        a(x).backward(randn((4, 3, 4), offset=0.0, seed=60 + step))
     b = normact.create("unified_norm", 4, **kwargs)
     b.load_state_dict(a.state_dict())
     assert {"x2_window", "gz_window", "ema_gz", "num_batches_tracked", "num_skipped"} <= set(a.state_dict())
     for step in range(5, 8):
-        x = _x((4, 3, 4), seed=step)
-        g = _x((4, 3, 4), offset=0.0, seed=60 + step)
+        x = randn((4, 3, 4), seed=step)
+        g = randn((4, 3, 4), offset=0.0, seed=60 + step)
         xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
         ya, yb = a(xa), b(xb)
         ya.backward(g)
@@ -308,8 +298,8 @@ def test_compile_parity_over_steps_that_cross_the_thresholds(kwargs):
     compiled = torch.compile(compiled_module, backend="aot_eager", fullgraph=True)
     mask = pad_mask_fn((6, 3, 4), torch.Generator().manual_seed(0))["pad_mask"]
     for step in range(6):
-        x = _x((6, 3, 4), scale=1.0 + step, seed=step)
-        g = _x((6, 3, 4), offset=0.0, seed=20 + step)
+        x = randn((6, 3, 4), scale=1.0 + step, seed=step)
+        g = randn((6, 3, 4), offset=0.0, seed=20 + step)
         xe, xc = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
         ye, yc = eager(xe, pad_mask=mask), compiled(xc, pad_mask=mask)
         ye.backward(g)
@@ -323,7 +313,7 @@ def test_compile_parity_over_steps_that_cross_the_thresholds(kwargs):
 
 def test_bad_pad_masks_are_rejected():
     layer = normact.create("unified_norm", 4)
-    x = _x((3, 5, 4))
+    x = randn((3, 5, 4))
     with pytest.raises(TypeError, match=r"pad_mask must be a bool tensor of shape \(3, 5\)"):
         layer(x, pad_mask=torch.zeros(3, 5))
     with pytest.raises(ValueError, match=r"pad_mask must have shape \(3, 5\)"):
@@ -333,7 +323,7 @@ def test_bad_pad_masks_are_rejected():
 def test_low_precision_buffers_and_outputs():
     layer = normact.create("unified_norm", 4, warmup_iters=0).to(torch.bfloat16)
     for step in range(6):
-        x = _x((8, 3, 4), seed=step).to(torch.bfloat16).requires_grad_(True)
+        x = randn((8, 3, 4), seed=step).to(torch.bfloat16).requires_grad_(True)
         y = layer(x)
         y.float().sum().backward()
         assert y.dtype == torch.bfloat16 and torch.isfinite(y).all() and torch.isfinite(x.grad).all()

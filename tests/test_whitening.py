@@ -10,26 +10,16 @@ import torch.nn.functional as F
 
 import normact
 import normact.functional as NF
+from tests.helpers import randn
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
-def _x(shape, seed=0, scale=1.5, offset=0.5):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=g, dtype=torch.float64) * scale + offset
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _mixed(shape, seed=0):
     """Correlated channels: a random mixing of independent ones (group covariances far from I)."""
     c = shape[1]
-    z = _x(shape, seed)
-    mix = torch.eye(c) + 0.8 * _x((c, c), seed + 1, scale=1.0, offset=0.0)
+    z = randn(shape, seed=seed)
+    mix = torch.eye(c) + 0.8 * randn((c, c), seed=seed + 1, scale=1.0, offset=0.0)
     return torch.einsum("ij,nj...->ni...", mix, z) + 2.0
 
 
@@ -64,7 +54,7 @@ def test_zca_is_the_symmetric_whitening_closest_to_the_input():
 
 
 def test_one_channel_groups_are_instance_norm():
-    x = _x((3, 5, 4, 4))
+    x = randn((3, 5, 4, 4))
     layer = normact.create("group_whitening", 5, num_groups=5, eps=1e-3)
     torch.testing.assert_close(layer(x), F.instance_norm(x, eps=1e-3))
 
@@ -89,25 +79,25 @@ def _gdwct_with_coloring(c, groups, sqrt_cov, style_mean, whitening="zca", style
 @pytest.mark.parametrize("shape", [(2, 8, 8, 8), (3, 8, 50)])
 def test_coloring_with_a_covariance_square_root_gives_that_covariance(shape):
     c, groups = 8, 2
-    a = _x((4, 4), seed=5, scale=1.0, offset=0.0)
+    a = randn((4, 4), seed=5, scale=1.0, offset=0.0)
     sigma_s = a @ a.T + 0.5 * torch.eye(4)
     evals, u = torch.linalg.eigh(sigma_s)
     sqrt_cov = u @ torch.diag(evals.sqrt()) @ u.T
-    style_mean = _x((c,), seed=6)
+    style_mean = randn((c,), seed=6)
     layer = _gdwct_with_coloring(c, groups, sqrt_cov, style_mean)
     x = _mixed(shape)
-    y = layer(x, _x((shape[0], 4), seed=7))
+    y = layer(x, randn((shape[0], 4), seed=7))
     cov, mean = _group_cov(y, groups)
     torch.testing.assert_close(cov, sigma_s.expand_as(cov), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(mean, style_mean.reshape(1, groups, -1).expand_as(mean))
     # an orthonormal U: the coloring regularizer vanishes
-    assert layer.coloring_regularizer(_x((3, 4), seed=8)).item() < 1e-12
+    assert layer.coloring_regularizer(randn((3, 4), seed=8)).item() < 1e-12
 
 
 def test_centering_mode_with_identity_coloring_only_shifts_the_mean():
     layer = _gdwct_with_coloring(8, 4, torch.eye(2), torch.zeros(8), whitening="center")
-    x = _x((2, 8, 5, 5))
-    y = layer(x, _x((2, 4), seed=1))
+    x = randn((2, 8, 5, 5))
+    y = layer(x, randn((2, 4), seed=1))
     torch.testing.assert_close(y, x - x.mean((2, 3), keepdim=True))
 
 
@@ -117,9 +107,9 @@ def test_gdwct_groups_do_not_mix(whitening, blend):
     layer = normact.create(
         "group_whitening_coloring", 8, num_groups=2, style_dim=6, mlp_dim=8, whitening=whitening, blend=blend
     )
-    x, style = _x((2, 8, 5, 5)), _x((2, 6), seed=1)
+    x, style = randn((2, 8, 5, 5)), randn((2, 6), seed=1)
     x2 = x.clone()
-    x2[:, :4] = _x((2, 4, 5, 5), seed=2)  # perturb group 0 only
+    x2[:, :4] = randn((2, 4, 5, 5), seed=2)  # perturb group 0 only
     y, y2 = layer(x, style), layer(x2, style)
     assert torch.equal(y[:, 4:], y2[:, 4:])
     assert not torch.allclose(y[:, :4], y2[:, :4])
@@ -138,9 +128,9 @@ def test_gdwct_groups_do_not_mix(whitening, blend):
 
 def test_group_whitening_groups_do_not_mix():
     layer = normact.create("group_whitening", 9, num_groups=3)
-    x = _x((2, 9, 4, 4))
+    x = randn((2, 9, 4, 4))
     x2 = x.clone()
-    x2[:, 3:6] = _x((2, 3, 4, 4), seed=3)
+    x2[:, 3:6] = randn((2, 3, 4, 4), seed=3)
     y, y2 = layer(x), layer(x2)
     assert torch.equal(y[:, :3], y2[:, :3]) and torch.equal(y[:, 6:], y2[:, 6:])
     assert not torch.allclose(y[:, 3:6], y2[:, 3:6])
@@ -161,7 +151,7 @@ def test_whitening_regularizer_is_the_mean_absolute_deviation_of_the_covariance_
 
 def test_coloring_regularizer_matches_its_definition_and_has_gradients():
     layer = normact.create("group_whitening_coloring", 8, num_groups=2, style_dim=6, mlp_dim=8)
-    style = _x((3, 6))
+    style = randn((3, 6))
     h = style.reshape(3, 2, 3)
     for i in range(5):
         h = h @ layer.ct_weights[i].T + layer.ct_biases[i]
@@ -176,7 +166,7 @@ def test_coloring_regularizer_matches_its_definition_and_has_gradients():
 
 
 def test_inverse_sqrt_backward_is_exact_and_finite_for_repeated_eigenvalues():
-    a = _x((3, 4, 7), offset=0.0).requires_grad_()
+    a = randn((3, 4, 7), offset=0.0).requires_grad_()
 
     def ours(t):
         return NF.symmetric_inverse_sqrt(t @ t.transpose(-1, -2) / 7, 1e-3)
@@ -185,22 +175,22 @@ def test_inverse_sqrt_backward_is_exact_and_finite_for_repeated_eigenvalues():
         evals, u = torch.linalg.eigh(t @ t.transpose(-1, -2) / 7)
         return u @ torch.diag_embed((evals + 1e-3).rsqrt()) @ u.transpose(-1, -2)
 
-    g = _x((3, 4, 4), seed=1)
+    g = randn((3, 4, 4), seed=1)
     (ga,) = torch.autograd.grad((ours(a) * g).sum(), a)
     (gb,) = torch.autograd.grad((autograd_eigh(a) * g).sum(), a)
     torch.testing.assert_close(ga, gb)
     assert torch.autograd.gradgradcheck(ours, (a,))
     # constant input (all eigenvalues equal) and fewer positions than channels (repeated zero eigenvalues)
-    for x in (torch.full((2, 6, 4, 4), 3.0), _x((2, 6, 2))):
+    for x in (torch.full((2, 6, 4, 4), 3.0), randn((2, 6, 2))):
         x = x.requires_grad_()
         y = NF.group_whitening(x, 1)
-        (gx,) = torch.autograd.grad((y * _x(y.shape, seed=4)).sum(), x)
+        (gx,) = torch.autograd.grad((y * randn(y.shape, seed=4)).sum(), x)
         assert torch.isfinite(y).all() and torch.isfinite(gx).all()
 
 
 def test_style_code_of_the_wrong_size_is_rejected():
     layer = normact.create("group_whitening_coloring", 8, num_groups=2, style_dim=6, mlp_dim=4)
     with pytest.raises(ValueError, match=r"\(2, 6\)"):
-        layer(_x((2, 8, 3, 3)), _x((2, 5)))
+        layer(randn((2, 8, 3, 3)), randn((2, 5)))
     with pytest.raises(ValueError, match=r"\(2, 6\)"):
-        layer(_x((2, 8, 3, 3)), _x((3, 6)))
+        layer(randn((2, 8, 3, 3)), randn((3, 6)))

@@ -46,7 +46,8 @@ def _gaussian(info: LayerInfo) -> str:
         return "n/a (not elementwise)"
     m = gaussian_moments(info.name)
     centred = ", zero-centred" if m.zero_centred else ""
-    return f"{m.gain:.4f} (E = {m.mean:.4f}{centred})"
+    mean = round(m.mean, 4) + 0.0  # + 0.0: no "-0.0000" from a mean of -1e-19 (summation order varies)
+    return f"{m.gain:.4f} (E = {mean:.4f}{centred})"
 
 
 def catalog_markdown() -> str:

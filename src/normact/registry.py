@@ -69,6 +69,10 @@ class Properties:
     - ``self_gated``: (activations) of the form ``x * s(x)`` with a gate ``s`` computed from the same input
       (SiLU, GELU, Mish); the Gaussian moments (zero-centredness, gain) are computed, see
       :func:`normact.gaussian_moments`.
+    - ``drop_in``: (norms) the layer can replace a standard normalization anywhere: one tensor in, one
+      tensor of the same shape out, no conditioning input (SPADE's segmentation map, TD-LayerNorm's time
+      step) and no structured layout (spiking time steps, spherical-harmonic degrees). The bench's models
+      accept exactly these; see ``LayerInfo.input_layout`` for where their features sit.
     - ``elementwise``: (activations) ``g`` acts on each entry alone; False for those that mix the entries
       of a vector (top-k, PolyNorm, KAN layers), whose Gaussian moments depend on the width. Not used for
       norms.
@@ -83,6 +87,7 @@ class Properties:
     bounded_below: bool = False
     self_gated: bool = False
     elementwise: bool = True
+    drop_in: bool = True
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,11 @@ class LayerInfo:
     defaults: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     aliases: tuple[str, ...] = ()
     verified_against: tuple[str, ...] = ()
+    input_layout: str = "any"
+    """Where a norm's features sit: ``"channels_first"`` (N, C, *), ``"last_dims"`` (*, normalized_shape),
+    ``"tokens"`` ((N, C) or (N, L, C), features last, counted by ``num_features``), ``"other"`` (a structured
+    layout, e.g. MPBN's (T, N, C, *)); ``"any"`` for activations. Derived from the constructor's first
+    argument unless given to :func:`register`."""
 
     @property
     def factory(self) -> Callable[..., nn.Module]:
@@ -133,6 +143,7 @@ class LayerInfo:
             "properties": {k: getattr(self.properties, k) for k in Properties.__dataclass_fields__},
             "aliases": list(self.aliases),
             "verified_against": ["the paper's formula in float64 (normact.testing harness)", *self.verified_against],
+            "input_layout": self.input_layout,
         }
 
 
@@ -171,6 +182,7 @@ def register(
     defaults: Mapping[str, Any] | None = None,
     aliases: tuple[str, ...] = (),
     verified_against: tuple[str, ...] = (),
+    input_layout: str | None = None,
     **properties: bool,
 ) -> Callable[[ModuleT], ModuleT]:
     """Class decorator: register ``cls`` under ``name`` (stack it to register variants with other ``defaults``).
@@ -183,6 +195,8 @@ def register(
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if name != name.lower() or " " in name:
         raise ValueError(f"registry names are lower snake case, got {name!r}")
+    if input_layout not in (None, *INPUT_LAYOUTS):
+        raise ValueError(f"input_layout must be one of {INPUT_LAYOUTS}, got {input_layout!r}")
     props = Properties(**properties)
 
     def decorator(cls: ModuleT) -> ModuleT:
@@ -200,6 +214,7 @@ def register(
             defaults=MappingProxyType(dict(defaults or {})),
             aliases=tuple(aliases),
             verified_against=tuple(verified_against),
+            input_layout=input_layout or _derived_layout(kind, cls),
         )
         keys = [normalize_name(name)] + [normalize_name(a) for a in aliases]
         for key in keys:
@@ -212,6 +227,18 @@ def register(
         return cls
 
     return decorator
+
+
+INPUT_LAYOUTS = ("channels_first", "last_dims", "tokens", "other", "any")
+
+
+def _derived_layout(kind: str, cls: type[nn.Module]) -> str:
+    """A norm's layout from its first constructor argument: ``normalized_shape`` means the last dims,
+    ``num_features`` / ``num_channels`` channels first (torch's conventions)."""
+    if kind != "norm":
+        return "any"
+    first = next(iter(inspect.signature(cls).parameters), "")
+    return "last_dims" if first == "normalized_shape" else "channels_first"
 
 
 def _suggest(name: str, n: int = 3) -> list[str]:

@@ -62,18 +62,29 @@ def test_unknown_task():
         load_task("cifar")
 
 
-NORMS = ["none", *normact.list_layers("norm")]
+NORMS = ["none", *[n for n in normact.list_layers("norm") if normact.info(n).properties.drop_in]]
+NOT_DROP_IN = [n for n in normact.list_layers("norm") if not normact.info(n).properties.drop_in]
 
 
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("model", ["mlp", "cnn", "resnet", "vit"])
 def test_every_norm_in_every_image_model(model, norm):
-    if norm == "instancenorm2d" and model == "mlp":
+    if norm in ("instancenorm2d", "ibn_b") and model == "mlp":
         pytest.skip("instance statistics need spatial positions")
     options = {"depth": 8} if model == "resnet" else {}
     net = build_model(model, norm=norm, act="relu", in_shape=(1, 8, 8), num_classes=10, **options)
     out = net(torch.randn(4, 1, 8, 8))
     assert out.shape == (4, 10) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("norm", NOT_DROP_IN)
+def test_norms_that_are_not_drop_in_are_refused_clearly(norm):
+    with pytest.raises(ValueError, match="not a drop-in normalization"):
+        build_model("cnn", norm=norm, act="relu", in_shape=(1, 8, 8), num_classes=10)
+    from normact.bench.study import Study
+
+    with pytest.raises(ValueError, match="not a drop-in normalization"):
+        Study(name="x", task="digits", model="cnn", norms=(norm,), acts=("relu",), lrs=(1e-3,)).specs()
 
 
 @pytest.mark.parametrize("norm", ["none", "layernorm", "rmsnorm", "dyt", "batchnorm", "groupnorm"])

@@ -14,28 +14,13 @@ import torch
 import normact.functional as NF
 from normact.testing import Case, LayerEntry, Layout
 from normact.testing.checks import default_perturb
-
-
-def _view(x):
-    return (1, -1) + (1,) * (x.dim() - 2)
-
-
-def _dims(x):
-    return (0, *range(2, x.dim()))
-
-
-def _affine(y, w, b, view):
-    if w is not None:
-        y = y * w.reshape(view)
-    if b is not None:
-        y = y + b.reshape(view)
-    return y
+from tests.entries._common import affine, channel_view, module_factor, reduce_dims, running_update, scale_shift
 
 
 def _moments(x):
     n = x.numel() // x.shape[1]
-    mean = x.sum(_dims(x)) / n
-    var = ((x - mean.reshape(_view(x))) ** 2).sum(_dims(x)) / n
+    mean = x.sum(reduce_dims(x)) / n
+    var = ((x - mean.reshape(channel_view(x))) ** 2).sum(reduce_dims(x)) / n
     return mean, var, n
 
 
@@ -46,29 +31,20 @@ def ref_alpha_bn(x, p, hp):
     """Eval: mu = alpha mu_s + (1 - alpha) mu_B, var = alpha var_s + (1 - alpha) var_B (biased test-batch
     variance), y = (x - mu) / sqrt(var + eps) * gamma + beta. Training: torch BatchNorm (running statistics
     with momentum and the unbiased variance)."""
-    view, eps, a = _view(x), hp["eps"], hp["alpha"]
+    view, eps, a = channel_view(x), hp["eps"], hp["alpha"]
     mean, var, n = _moments(x)
     if hp["training"]:
-        tracked = p["num_batches_tracked"] + 1
-        m = hp["momentum"] if hp["momentum"] is not None else 1.0 / float(tracked)
-        buffers = {
-            "running_mean": (1 - m) * p["running_mean"] + m * mean,
-            "running_var": (1 - m) * p["running_var"] + m * var * n / (n - 1),
-            "num_batches_tracked": tracked,
-        }
+        buffers = running_update(p, hp, mean, var * n / (n - 1))
     else:
         mean = a * p["running_mean"] + (1 - a) * mean
         var = a * p["running_var"] + (1 - a) * var
         buffers = None
-    y = _affine((x - mean.reshape(view)) / torch.sqrt(var.reshape(view) + eps), p.get("weight"), p.get("bias"), view)
+    y = affine((x - mean.reshape(view)) / torch.sqrt(var.reshape(view) + eps), p, view)
     return (y, buffers) if buffers is not None else y
 
 
 def _alpha_functional(x, m):
-    factor = 0.0
-    if m.training:
-        m.num_batches_tracked.add_(1)
-        factor = m.momentum if m.momentum is not None else 1.0 / float(m.num_batches_tracked)
+    factor = module_factor(m)
     return NF.alpha_batch_norm(x, m.running_mean, m.running_var, m.weight, m.bias, m.training, factor, m.eps, m.alpha)
 
 
@@ -93,11 +69,11 @@ def ref_adab2n(x, p, hp, task_ids=None):
     concentrations exp(w_t) + n_t over t <= cur_tasks, normalized to p_t; sample weight p_t / n_t on the
     per-sample spatial means and mean squared deviations); running statistics lerped with the modified
     momentum eta (biased variance). Eval: BatchNorm with the running statistics."""
-    view, eps = _view(x), hp["eps"]
+    view, eps = channel_view(x), hp["eps"]
     w, b = p.get("weight"), p.get("bias")
     if not hp["training"]:
         y = (x - p["running_mean"].reshape(view)) / torch.sqrt(p["running_var"].reshape(view) + eps)
-        return _affine(y, w, b, view)
+        return scale_shift(y, w, b, view)
     mean, var, _ = _moments(x)
     cur = int(p["cur_tasks"])
     if task_ids is not None and p.get("task_weight") is not None and cur > 0:
@@ -120,7 +96,7 @@ def ref_adab2n(x, p, hp, task_ids=None):
         "last_eta": torch.tensor(eta, dtype=torch.float64),
         "cur_tasks": p["cur_tasks"],
     }
-    y = _affine((x - mean.reshape(view)) / torch.sqrt(var.reshape(view) + eps), w, b, view)
+    y = scale_shift((x - mean.reshape(view)) / torch.sqrt(var.reshape(view) + eps), w, b, view)
     return y, buffers
 
 

@@ -24,34 +24,8 @@ import torch
 
 import normact.functional as NF
 from normact.testing import Case, LayerEntry, Layout
+from tests.entries._common import affine, channel_view, module_factor, reduce_dims, running_update, scale_shift
 from tests.entries.norm import ref_instancenorm
-
-
-def _view(x):
-    return (1, -1) + (1,) * (x.dim() - 2)
-
-
-def _dims(x):
-    return (0, *range(2, x.dim()))
-
-
-def _affine(y, w, b, view):
-    if w is not None:
-        y = y * w.reshape(view)
-    if b is not None:
-        y = y + b.reshape(view)
-    return y
-
-
-def _running_update(p, hp, mean, var_unbiased):
-    tracked = p["num_batches_tracked"] + 1
-    m = hp["momentum"] if hp["momentum"] is not None else 1.0 / float(tracked)
-    return {
-        "running_mean": (1 - m) * p["running_mean"] + m * mean,
-        "running_var": (1 - m) * p["running_var"] + m * var_unbiased,
-        "num_batches_tracked": tracked,
-    }
-
 
 # ----------------------------------------------------------------------------- references
 
@@ -60,11 +34,11 @@ def ref_batchrenorm(x, p, hp):
     """Algorithm 1 of the paper, sigma = sqrt(running_var + eps): ((x - mu_B)/sigma_B * r + d) * gamma + beta
     in training, r = clip(sigma_B/sigma, 1/r_max, r_max), d = clip((mu_B - mu)/sigma, -d_max, d_max), then
     the moving averages (unbiased variance); (x - mu)/sigma * gamma + beta in eval."""
-    view, dims, eps = _view(x), _dims(x), hp["eps"]
+    view, dims, eps = channel_view(x), reduce_dims(x), hp["eps"]
     mu, sigma = p["running_mean"], torch.sqrt(p["running_var"] + eps)
     w, b = p.get("weight"), p.get("bias")
     if not hp["training"]:
-        return _affine((x - mu.reshape(view)) / sigma.reshape(view), w, b, view)
+        return scale_shift((x - mu.reshape(view)) / sigma.reshape(view), w, b, view)
     n = x.numel() // x.shape[1]
     mu_b = x.sum(dims) / n
     var_b = ((x - mu_b.reshape(view)) ** 2).sum(dims) / n
@@ -76,7 +50,7 @@ def ref_batchrenorm(x, p, hp):
         torch.maximum((mu_b - mu) / sigma, torch.full_like(mu, -hp["d_max"])), torch.full_like(mu, hp["d_max"])
     )
     xhat = (x - mu_b.reshape(view)) / sigma_b.reshape(view) * r.reshape(view) + d.reshape(view)
-    return _affine(xhat, w, b, view), _running_update(p, hp, mu_b, var_b * n / (n - 1))
+    return scale_shift(xhat, w, b, view), running_update(p, hp, mu_b, var_b * n / (n - 1))
 
 
 def ref_ibn(x, p, hp):
@@ -90,7 +64,7 @@ def ref_ibn(x, p, hp):
         xi = x[:, :h]
         mu = xi.mean((2, 3), keepdim=True)
         var = ((xi - mu) ** 2).mean((2, 3), keepdim=True)
-        outs.append(_affine((xi - mu) / torch.sqrt(var + eps), p.get("in_weight"), p.get("in_bias"), view))
+        outs.append(scale_shift((xi - mu) / torch.sqrt(var + eps), p.get("in_weight"), p.get("in_bias"), view))
     if h < c:
         xb = x[:, h:]
         tracking = p.get("running_mean") is not None
@@ -99,11 +73,11 @@ def ref_ibn(x, p, hp):
             mean = xb.mean((0, 2, 3))
             var = ((xb - mean.reshape(view)) ** 2).mean((0, 2, 3))
             if hp["training"] and tracking:
-                buffers = _running_update(p, hp, mean, var * n / (n - 1))
+                buffers = running_update(p, hp, mean, var * n / (n - 1))
         else:
             mean, var = p["running_mean"], p["running_var"]
         y = (xb - mean.reshape(view)) / torch.sqrt(var.reshape(view) + eps)
-        outs.append(_affine(y, p.get("bn_weight"), p.get("bn_bias"), view))
+        outs.append(scale_shift(y, p.get("bn_weight"), p.get("bn_bias"), view))
     y = torch.cat(outs, dim=1)
     return (y, buffers) if buffers is not None else y
 
@@ -115,7 +89,7 @@ def ref_bcn(x, p, hp):
     the biased variance and the per-group affine."""
     c, n = x.shape[1], x.shape[0]
     g = hp["num_groups"] or math.gcd(c, 32)
-    eps, view, dims = hp["eps"], _view(x), _dims(x)
+    eps, view, dims = hp["eps"], channel_view(x), reduce_dims(x)
     mu, var = p["running_mean"], p["running_var"]
     buffers = None
     if hp["training"]:
@@ -125,11 +99,11 @@ def ref_bcn(x, p, hp):
         mu = (1 - m) * mu + m * batch_mean
         var = (1 - m) * var + m * batch_sq
         buffers = {"running_mean": mu, "running_var": var, "num_batches_tracked": p["num_batches_tracked"] + 1}
-    z = _affine((x - mu.reshape(view)) / torch.sqrt(var.reshape(view) + eps), p.get("weight"), p.get("bias"), view)
+    z = affine((x - mu.reshape(view)) / torch.sqrt(var.reshape(view) + eps), p, view)
     zg = z.reshape(n, g, -1)
     zm = zg.mean(-1, keepdim=True)
     zv = ((zg - zm) ** 2).mean(-1, keepdim=True)
-    y = _affine((zg - zm) / torch.sqrt(zv + eps), p.get("group_weight"), p.get("group_bias"), (1, g, 1))
+    y = scale_shift((zg - zm) / torch.sqrt(zv + eps), p.get("group_weight"), p.get("group_bias"), (1, g, 1))
     y = y.reshape(x.shape)
     return (y, buffers) if buffers is not None else y
 
@@ -137,23 +111,15 @@ def ref_bcn(x, p, hp):
 # ----------------------------------------------------------------------------- functional calls
 
 
-def _factor(m):
-    """What the module passes as the running-average factor (and its batch count)."""
-    if not m.training:
-        return 0.0
-    m.num_batches_tracked.add_(1)
-    return m.momentum if m.momentum is not None else 1.0 / float(m.num_batches_tracked)
-
-
 def _brn_functional(x, m):
-    factor = _factor(m)
+    factor = module_factor(m)
     return NF.batch_renorm(
         x, m.running_mean, m.running_var, m.weight, m.bias, m.training, factor, m.eps, m.r_max, m.d_max
     )
 
 
 def _ibn_functional(x, m):
-    factor = _factor(m) if m.running_mean is not None else 0.0
+    factor = module_factor(m) if m.running_mean is not None else 0.0
     return NF.ibn(
         x, m.half, m.in_weight, m.in_bias, m.running_mean, m.running_var, m.bn_weight, m.bn_bias,
         m.training, factor, m.eps,

@@ -17,14 +17,7 @@ import torch
 
 import normact.functional as NF
 from normact.testing import Case, LayerEntry, Layout
-
-
-def _view(x):
-    return (1, -1) + (1,) * (x.dim() - 2)
-
-
-def _dims(x):
-    return (0, *range(2, x.dim()))
+from tests.entries._common import affine, channel_view, module_factor, reduce_dims, running_update
 
 
 def ref_cmbn(x, p, hp):
@@ -33,18 +26,9 @@ def ref_cmbn(x, p, hp):
     S2_prev = n_prev * (accum_var + accum_mean^2) are the sums over mini-batches 1..t-1 (none when t = 1);
     y = (x - mu) / sqrt(var + eps) * w + b; running statistics lerped with momentum towards mu and the
     unbiased var. Eval: BatchNorm with the running statistics."""
-    view, dims, eps = _view(x), _dims(x), hp["eps"]
-    w, b = p.get("weight"), p.get("bias")
-
-    def affine(y):
-        if w is not None:
-            y = y * w.reshape(view)
-        if b is not None:
-            y = y + b.reshape(view)
-        return y
-
+    view, dims, eps = channel_view(x), reduce_dims(x), hp["eps"]
     if not hp["training"]:
-        return affine((x - p["running_mean"].reshape(view)) / torch.sqrt(p["running_var"].reshape(view) + eps))
+        return affine((x - p["running_mean"].reshape(view)) / torch.sqrt(p["running_var"].reshape(view) + eps), p, view)
     step = int(p["accum_step"])
     n_prev = float(p["accum_count"]) if step > 0 else 0.0
     s1 = n_prev * p["accum_mean"] if step > 0 else torch.zeros(x.shape[1], dtype=x.dtype)
@@ -52,13 +36,9 @@ def ref_cmbn(x, p, hp):
     n = n_prev + x.numel() / x.shape[1]
     mu = (s1 + x.sum(dims)) / n
     var = (s2 + (x**2).sum(dims)) / n - mu**2
-    y = affine((x - mu.reshape(view)) / torch.sqrt(var.reshape(view) + eps))
-    tracked = p["num_batches_tracked"] + 1
-    m = hp["momentum"] if hp["momentum"] is not None else 1.0 / float(tracked)
+    y = affine((x - mu.reshape(view)) / torch.sqrt(var.reshape(view) + eps), p, view)
     buffers = {
-        "running_mean": (1 - m) * p["running_mean"] + m * mu,
-        "running_var": (1 - m) * p["running_var"] + m * var * n / (n - 1),
-        "num_batches_tracked": tracked,
+        **running_update(p, hp, mu, var * n / (n - 1)),
         "accum_mean": mu,
         "accum_var": var,
         "accum_count": torch.tensor(round(n)),
@@ -68,10 +48,7 @@ def ref_cmbn(x, p, hp):
 
 
 def _functional(x, m):
-    factor = 0.0
-    if m.training:
-        m.num_batches_tracked.add_(1)
-        factor = m.momentum if m.momentum is not None else 1.0 / float(m.num_batches_tracked)
+    factor = module_factor(m)
     return NF.cross_minibatch_norm(
         x, m.running_mean, m.running_var, m.accum_mean, m.accum_var, m.accum_count, m.accum_step, m.weight,
         m.bias, m.training, factor, m.eps, m.accum_steps,

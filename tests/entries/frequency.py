@@ -24,6 +24,7 @@ import torch
 import normact.functional as NF
 from normact.testing import Case, LayerEntry, Layout
 from normact.testing.checks import default_perturb
+from tests.entries._common import module_factor, running_update
 
 _VIEW = (1, -1, 1, 1)
 
@@ -51,13 +52,7 @@ def _bn(x, p, hp):
         var = ((x - mu.reshape(_VIEW)) ** 2).mean((0, 2, 3))
         buffers = None
         if hp["training"] and tracking:
-            tracked = p["num_batches_tracked"] + 1
-            m = hp["momentum"] if hp["momentum"] is not None else 1.0 / float(tracked)
-            buffers = {
-                "running_mean": (1 - m) * p["running_mean"] + m * mu,
-                "running_var": (1 - m) * p["running_var"] + m * var * n / (n - 1),
-                "num_batches_tracked": tracked,
-            }
+            buffers = running_update(p, hp, mu, var * n / (n - 1))
     else:
         mu, var, buffers = p["running_mean"], p["running_var"], None
     mu = mu.reshape(_VIEW)
@@ -105,21 +100,13 @@ def ref_scnorm(x, p, hp):
 # ----------------------------------------------------------------------------- functional calls
 
 
-def _factor(m):
-    """What the module passes as the running-average factor (and its batch count)."""
-    if not m.training or m.running_mean is None:
-        return 0.0
-    m.num_batches_tracked.add_(1)
-    return m.momentum if m.momentum is not None else 1.0 / float(m.num_batches_tracked)
-
-
 def _pc_functional(x, m):
-    factor = _factor(m)
+    factor = module_factor(m)
     return NF.pc_norm(x, m.running_mean, m.running_var, m.weight, m.bias, m.training, factor, m.eps)
 
 
 def _cc_functional(x, m):
-    factor = _factor(m)
+    factor = module_factor(m)
     return NF.cc_norm(
         x, m.running_mean, m.running_var, m.mix_logit, m.weight, m.bias, m.training, factor, m.eps, m.temperature
     )

@@ -8,17 +8,9 @@ import math
 
 import normact.functional as NF
 from normact.testing import Case, LayerEntry, Layout
+from tests.entries._common import affine
 
 SQRT_HALF_PI = math.sqrt(math.pi / 2)
-
-
-def _affine(y, p, view=None):
-    w, b = p.get("weight"), p.get("bias")
-    if w is not None:
-        y = y * (w if view is None else w.reshape(view))
-    if b is not None:
-        y = y + (b if view is None else b.reshape(view))
-    return y
 
 
 def ref_l1_layernorm(x, p, hp):
@@ -29,7 +21,7 @@ def ref_l1_layernorm(x, p, hp):
     n = math.prod(x.shape[d] for d in dims)
     mu = x.sum(dims, keepdim=True) / n
     mad = (x - mu).abs().sum(dims, keepdim=True) / n
-    return _affine((x - mu) / (hp["scale"] * mad + hp["eps"]), p)
+    return affine((x - mu) / (hp["scale"] * mad + hp["eps"]), p)
 
 
 def ref_l1_batchnorm(x, p, hp):
@@ -53,7 +45,7 @@ def ref_l1_batchnorm(x, p, hp):
             }
     else:
         mu, dev = p["running_mean"], p["running_dev"]
-    y = _affine((x - mu.reshape(view)) / (dev.reshape(view) + hp["eps"]), p, view)
+    y = affine((x - mu.reshape(view)) / (dev.reshape(view) + hp["eps"]), p, view)
     return (y, buffers) if buffers else y
 
 

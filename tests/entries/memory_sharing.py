@@ -10,36 +10,24 @@ import torch
 
 import normact.functional as NF
 from normact.testing import Case, LayerEntry, Layout
+from tests.entries._common import affine, last_dims
 
 LAST_DIM = Layout(feature_arg="normalized_shape", feature_axis=-1, min_rank=1)
 
 
-def _dims(normalized_shape) -> tuple[int, ...]:
-    k = 1 if isinstance(normalized_shape, int) else len(normalized_shape)
-    return tuple(range(-k, 0))
-
-
-def _affine(y, p):
-    if p.get("weight") is not None:
-        y = y * p["weight"]
-    if p.get("bias") is not None:
-        y = y + p["bias"]
-    return y
-
-
 def ref_ms_layernorm(x, p, hp):
     """(x - mean) / sqrt(biased var + eps), times weight plus bias when the affine is on."""
-    dims = _dims(hp["normalized_shape"])
+    dims = last_dims(hp["normalized_shape"])
     mu = x.mean(dims, keepdim=True)
     var = ((x - mu) ** 2).mean(dims, keepdim=True)
-    return _affine((x - mu) / torch.sqrt(var + hp["eps"]), p)
+    return affine((x - mu) / torch.sqrt(var + hp["eps"]), p)
 
 
 def ref_ms_rmsnorm(x, p, hp):
     """x / sqrt(mean(x^2) + eps) (times weight), eps inside the root (machine epsilon when None)."""
-    dims = _dims(hp["normalized_shape"])
+    dims = last_dims(hp["normalized_shape"])
     eps = hp["eps"] if hp["eps"] is not None else torch.finfo(torch.float64).eps
-    return _affine(x / torch.sqrt((x * x).mean(dims, keepdim=True) + eps), p)
+    return affine(x / torch.sqrt((x * x).mean(dims, keepdim=True) + eps), p)
 
 
 ENTRIES = [

@@ -20,6 +20,7 @@ import torch
 
 import normact.functional as NF
 from normact.testing import Case, LayerEntry, Layout
+from tests.entries._common import affine
 
 # ----------------------------------------------------------------------------- references
 
@@ -38,15 +39,6 @@ def _valid(x, pad_mask):
     if pad_mask is None:
         return torch.ones(*x.shape[:-1], 1, dtype=torch.float64)
     return (~pad_mask).to(torch.float64).unsqueeze(-1)
-
-
-def _affine(z, p):
-    w, b = p.get("weight"), p.get("bias")
-    if w is not None:
-        z = z * w
-    if b is not None:
-        z = z + b
-    return z
 
 
 def _normalizer(u, p, hp, pad_mask):
@@ -68,9 +60,9 @@ def ref_powernorm(x, p, hp, pad_mask=None):
     eps = hp["eps"]
     u = _group_scaling(x, hp["group_num"], eps)
     if not hp["training"]:
-        return _affine(u / torch.sqrt(p["running_phi"] + eps), p)
+        return affine(u / torch.sqrt(p["running_phi"] + eps), p)
     s2, psi2, t = _normalizer(u, p, hp, pad_mask)
-    y = _affine(u / torch.sqrt(s2 + eps), p)
+    y = affine(u / torch.sqrt(s2 + eps), p)
     phi = p["running_phi"]
     blended = phi * (t - 1) / t + psi2 / t if t < hp["warmup_iters"] else phi
     a = hp["alpha_fwd"]

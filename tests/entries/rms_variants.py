@@ -12,6 +12,7 @@ import torch
 
 import normact.functional as NF
 from normact.testing import Case, LayerEntry, Layout
+from tests.entries._common import affine
 
 LAST_DIM = Layout(feature_arg="normalized_shape", feature_axis=-1, min_rank=1)
 
@@ -22,15 +23,6 @@ def _shape(normalized_shape) -> tuple[int, ...]:
 
 def _dims(normalized_shape) -> tuple[int, ...]:
     return tuple(range(-len(_shape(normalized_shape)), 0))
-
-
-def _affine(y, p):
-    w, b = p.get("weight"), p.get("bias")
-    if w is not None:
-        y = y * w
-    if b is not None:
-        y = y + b
-    return y
 
 
 # ----------------------------------------------------------------------------- references
@@ -50,7 +42,7 @@ def ref_partial_rmsnorm(x, p, hp):
     rows = x.reshape(*x.shape[: x.dim() - n], d)
     rms = torch.sqrt((rows[..., :k] ** 2).sum(-1) / k)
     rms = rms.reshape(*rms.shape, *([1] * n))
-    return _affine(x / (rms + hp["eps"]), p)
+    return affine(x / (rms + hp["eps"]), p)
 
 
 def ref_crmsnorm(x, p, hp):
@@ -61,7 +53,7 @@ def ref_crmsnorm(x, p, hp):
     rows = x.reshape(*x.shape[: x.dim() - n], d)
     z = torch.cat([rows, -rows.sum(-1, keepdim=True)], dim=-1)
     zn = z / torch.sqrt((z * z).mean(-1, keepdim=True) + hp["eps"])
-    return _affine(zn[..., :d].reshape(x.shape), p)
+    return affine(zn[..., :d].reshape(x.shape), p)
 
 
 def ref_fixnorm(x, p, hp):

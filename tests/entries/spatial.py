@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 import normact.functional as NF
 from normact.testing import Case, LayerEntry, Layout
+from tests.entries._common import running_update
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -29,16 +30,6 @@ def _nearest(t, size):
 
 def _same_conv(t, weight, bias):
     return F.conv2d(t, weight, bias, padding=weight.shape[-1] // 2)
-
-
-def _running_update(p, hp, mean, var_unbiased):
-    tracked = p["num_batches_tracked"] + 1
-    m = hp["momentum"] if hp["momentum"] is not None else 1.0 / float(tracked)
-    return {
-        "running_mean": (1 - m) * p["running_mean"] + m * mean,
-        "running_var": (1 - m) * p["running_var"] + m * var_unbiased,
-        "num_batches_tracked": tracked,
-    }
 
 
 # ----------------------------------------------------------------------------- SPADE
@@ -61,7 +52,7 @@ def ref_spade(x, p, hp, *, segmap):
             mu = x.mean((0, 2, 3))
             var = ((x - mu.reshape(view)) ** 2).mean((0, 2, 3))
             if hp["training"] and tracking:
-                buffers = _running_update(p, hp, mu, var * n / (n - 1))
+                buffers = running_update(p, hp, mu, var * n / (n - 1))
         else:
             mu, var = p["running_mean"], p["running_var"]
         xhat = (x - mu.reshape(view)) / torch.sqrt(var.reshape(view) + eps)

@@ -10,13 +10,9 @@ import torch
 
 import normact.functional as NF
 from normact.testing import Case, LayerEntry, Layout
+from tests.entries._common import last_dims
 
 LAST_DIM = Layout(feature_arg="normalized_shape", feature_axis=-1, min_rank=1)
-
-
-def _dims(normalized_shape) -> tuple[int, ...]:
-    k = 1 if isinstance(normalized_shape, int) else len(normalized_shape)
-    return tuple(range(-k, 0))
 
 
 def t_per_sample(shape, g):
@@ -50,7 +46,7 @@ def _time_affine(y, p, t):
 
 def ref_td_layernorm(x, p, hp, *, t):
     """(x - mean) / sqrt(biased var + eps) * gamma(t) + beta(t)."""
-    dims = _dims(hp["normalized_shape"])
+    dims = last_dims(hp["normalized_shape"])
     mu = x.mean(dims, keepdim=True)
     var = ((x - mu) ** 2).mean(dims, keepdim=True)
     return _time_affine((x - mu) / torch.sqrt(var + hp["eps"]), p, t)
@@ -58,7 +54,7 @@ def ref_td_layernorm(x, p, hp, *, t):
 
 def ref_td_rmsnorm(x, p, hp, *, t):
     """x / (||x||_2 / sqrt(d) + eps) * gamma(t) (+ beta(t)), eps outside the root."""
-    dims = _dims(hp["normalized_shape"])
+    dims = last_dims(hp["normalized_shape"])
     d = math.prod(x.shape[i] for i in dims)
     rms = torch.sqrt((x * x).sum(dims, keepdim=True)) / math.sqrt(d)
     return _time_affine(x / (rms + hp["eps"]), p, t)

@@ -24,6 +24,7 @@ import torch
 
 import normact.functional as NF
 from normact.testing import Case, LayerEntry, Layout
+from tests.entries._common import affine
 
 RATIO_WARMUP = 1000  # official: r = 1 while t <= max(1000, warmup_iters)
 RATIO_BOUND = 5.0  # official: torch.clamp(r, 1/5, 5)
@@ -32,15 +33,6 @@ ITERATION = 2000  # the counter _perturb sets
 
 def _sizes(window_size):
     return (window_size, window_size) if isinstance(window_size, int) else tuple(window_size)
-
-
-def _affine(y, p):
-    w, b = p.get("weight"), p.get("bias")
-    if w is not None:
-        y = y * w
-    if b is not None:
-        y = y + b
-    return y
 
 
 def forward_state(x, p, hp, pad_mask=None):
@@ -80,13 +72,13 @@ def forward_state(x, p, hp, pad_mask=None):
         "num_skipped": p["num_skipped"] + int(filtered),
     }
     state = {"t": t, "skip": skip, "r": r, "var": var.detach(), "z": z.detach(), "keep": keep, "count": keep.sum()}
-    return _affine(z, p), state, buffers
+    return affine(z, p), state, buffers
 
 
 def ref_unified_norm(x, p, hp, pad_mask=None):
     """Eval: x / sqrt(running_var + eps) * weight + bias. Training: the official forward (see forward_state)."""
     if not hp["training"]:
-        return _affine(x / torch.sqrt(p["running_var"] + hp["eps"]), p)
+        return affine(x / torch.sqrt(p["running_var"] + hp["eps"]), p)
     y, _, buffers = forward_state(x, p, hp, pad_mask)
     return y, buffers
 

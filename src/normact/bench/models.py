@@ -6,9 +6,11 @@
 - ``vit``: a tiny Vision Transformer (patch embedding, pre-norm blocks, mean pooling).
 - ``gpt``: a small causal transformer for the character LM, with ``placement`` pre or post.
 
-Any norm works in any layout: :func:`norm_layer` adapts last-dimension norms (LayerNorm, RMSNorm, DyT...)
-to channels-first feature maps and channel norms (BatchNorm, GroupNorm...) to token sequences; group
-norms get ``gcd(C, 32)`` groups.
+Any drop-in norm (``normact.info(name).properties.drop_in``) works in any layout: :func:`norm_layer` adapts
+last-dimension norms (LayerNorm, RMSNorm, DyT...) to channels-first feature maps, channel norms (BatchNorm,
+GroupNorm...) to token sequences and features-last token norms (PowerNorm...) to both, by the registry's
+``input_layout``; group norms get ``gcd(C, 32)`` groups. Norms with conditioning inputs or structured layouts
+(SPADE, TD-LayerNorm, MPBN...) are refused with a clear error.
 Gated activations (SwiGLU, GeGLU) halve the width; the MLP, ViT and GPT double the projection feeding
 them, the conv nets reject them (their activation follows a residual sum).
 """
@@ -30,10 +32,6 @@ NONE = ("none", "identity", "")
 
 def _is_none(name: str | None) -> bool:
     return name is None or name.lower() in NONE
-
-
-def _feature_arg(name: str) -> str:
-    return next(iter(inspect.signature(get_info(name).factory).parameters))
 
 
 class _ChannelsLast(nn.Module):
@@ -72,15 +70,44 @@ def norm_layer(name: str | None, channels: int, layout: str, **kwargs) -> nn.Mod
         raise ValueError(f"{name!r} is a {info.kind}, not a normalization layer")
     if layout not in ("nchw", "nc", "nlc"):
         raise ValueError(f"layout must be nchw, nc or nlc, got {layout!r}")
+    check_drop_in(name)
     if "num_groups" in inspect.signature(info.factory).parameters and "num_groups" not in kwargs:
         kwargs["num_groups"] = math.gcd(channels, 32)  # 32 groups where C allows, else the largest divisor
     module = info.factory(channels, **kwargs)
-    channel_first = _feature_arg(name) in ("num_features", "num_channels")
+    if info.input_layout == "tokens":
+        return _Tokens(module, layout)
+    channel_first = info.input_layout == "channels_first"
     if channel_first and layout == "nchw":
         return module if info.cls is not BatchNorm1d else _ChannelsFirst3d(module)
     if channel_first:
         return _ChannelsFirst(module, rank=3 if info.cls is BatchNorm1d else 4)
     return _ChannelsLast(module) if layout == "nchw" else module
+
+
+def check_drop_in(name: str) -> None:
+    """``ValueError`` unless ``name`` is a normalization the benchmark models can plug in (``drop_in``)."""
+    info = get_info(name)
+    if info.kind == "norm" and not info.properties.drop_in:
+        raise ValueError(
+            f"{info.name!r} is not a drop-in normalization (it takes a conditioning input or a structured layout, "
+            f"see `normact info {info.name}`); the benchmark models take drop-in norms only"
+        )
+
+
+class _Tokens(nn.Module):
+    """Apply a features-last token norm (input (N, L, C)) to (N, C), (N, C, H, W) or (N, L, C) input."""
+
+    def __init__(self, norm: nn.Module, layout: str) -> None:
+        super().__init__()
+        self.norm, self.layout = norm, layout
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.layout == "nc":
+            return self.norm(x.unsqueeze(1)).squeeze(1)
+        if self.layout == "nchw":
+            tokens = x.flatten(2).transpose(1, 2)  # (N, HW, C)
+            return self.norm(tokens).transpose(1, 2).reshape(x.shape)
+        return self.norm(x)
 
 
 class _ChannelsFirst3d(nn.Module):

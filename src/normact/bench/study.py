@@ -32,9 +32,12 @@ class Study:
 
     def specs(self) -> list[TrialSpec]:
         """The trials, in grid order (norm, act, lr, seed)."""
+        from normact.bench.models import check_drop_in
+
         for name in (*self.norms, *self.acts):
             if name.lower() not in ("none", "identity"):
                 get_info(name)  # unknown names fail here, with suggestions, before anything runs
+                check_drop_in(name)  # so do norms the models cannot plug in
         return [
             TrialSpec(
                 task=self.task,

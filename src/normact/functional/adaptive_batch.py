@@ -14,62 +14,21 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from normact._checks import check_channels, check_eps, check_float, check_tensor, shape_str, upcast
+from normact._checks import check_channels, check_float, shape_str, upcast
 from normact.distributed import batch_moments, sync_active
+from normact.functional import _batch
 
 __all__ = ["adab2n", "alpha_batch_norm"]
 
 
-def _view(x: Tensor) -> tuple[int, ...]:
-    return (1, -1) + (1,) * (x.dim() - 2)
-
-
-def _dims(x: Tensor) -> tuple[int, ...]:
-    return (0, *range(2, x.dim()))
-
-
 def _check_common(name: str, x: Tensor, eps: float, running_mean: Tensor, tensors: dict[str, Tensor | None]) -> int:
-    check_tensor(x, name)
-    if x.dim() < 2:
-        raise ValueError(f"{name} expects an input of shape (N, C, *), got shape {shape_str(x.shape)}")
-    check_eps(eps)
+    _batch.check_nc_input(name, x, eps)
     if running_mean is None or tensors.get("running_var", 0) is None:
         raise ValueError(f"{name} needs running_mean and running_var")
     channels = running_mean.numel()
     check_channels(x, 1, channels, name, f"(N, {channels}, *)")
-    for arg, t in tensors.items():
-        if t is not None and t.numel() != channels:
-            raise ValueError(f"{name}: {arg} must have {channels} elements, got shape {shape_str(t.shape)}")
+    _batch.check_numel(name, tensors.items(), channels)
     return channels
-
-
-def _check_factor(name: str, factor: float | Tensor) -> None:
-    if not isinstance(factor, Tensor):
-        check_float(name, factor, low=0.0, high=1.0)
-
-
-def _batch_stats(name: str, xf: Tensor, sync: bool, process_group: Any) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-channel batch mean, biased variance and count over (N, *spatial) (the process group's with sync)."""
-    synced = sync and sync_active(process_group)
-    n = xf.numel() // xf.shape[1] if xf.shape[1] else 0
-    if n <= 1 and not synced:
-        raise ValueError(
-            f"{name} in training needs more than 1 value per channel (N * spatial > 1), "
-            f"got input shape {shape_str(xf.shape)}"
-        )
-    return batch_moments(xf, _dims(xf), sync=synced, process_group=process_group)
-
-
-def _affine(y: Tensor, weight: Tensor | None, bias: Tensor | None, view: tuple[int, ...]) -> Tensor:
-    if weight is not None:
-        y = y * weight.view(view).to(y.dtype)
-    if bias is not None:
-        y = y + bias.view(view).to(y.dtype)
-    return y
-
-
-def _as_factor(factor: float | Tensor, dtype: torch.dtype) -> float | Tensor:
-    return factor.to(dtype) if isinstance(factor, Tensor) else factor
 
 
 def alpha_batch_norm(
@@ -95,27 +54,23 @@ def alpha_batch_norm(
     :math:`y = (x - \hat\mu)/\sqrt{\hat\sigma^2 + \epsilon}\,\gamma + \beta`; no buffer changes."""
     name = "alpha_batch_norm"
     _check_common(name, x, eps, running_mean, {"running_var": running_var, "weight": weight, "bias": bias})
-    _check_factor("momentum", momentum)
+    _batch.check_factor(momentum)
     check_float("alpha", alpha, low=0.0, high=1.0)
     xf = upcast(x)
-    view = _view(xf)
+    view = _batch.channel_view(xf)
     rm, rv = running_mean.to(xf.dtype), running_var.to(xf.dtype)
     if training:
-        mean, var, count = _batch_stats(name, xf, sync, process_group)
-        with torch.no_grad():
-            factor = _as_factor(momentum, xf.dtype)
-            unbiased = var.detach() * (count / (count - 1).clamp_min(1))
-            running_mean.copy_(torch.lerp(rm, mean.detach(), factor))
-            running_var.copy_(torch.lerp(rv, unbiased, factor))
+        mean, var, count = _batch.batch_stats(name, xf, sync, process_group)
+        _batch.update_running_stats(running_mean, running_var, mean, var, count, momentum, old=(rm, rv))
     elif alpha == 1.0:
         mean, var = rm, rv
     else:
         synced = sync and sync_active(process_group)
-        bmean, bvar, _ = batch_moments(xf, _dims(xf), sync=synced, process_group=process_group)
+        bmean, bvar, _ = batch_moments(xf, _batch.reduce_dims(xf), sync=synced, process_group=process_group)
         mean = alpha * rm + (1.0 - alpha) * bmean
         var = alpha * rv + (1.0 - alpha) * bvar
     y = (xf - mean.view(view)) * torch.rsqrt(var.view(view) + eps)
-    return _affine(y, weight, bias, view).to(x.dtype)
+    return _batch.cast_affine(y, weight, bias, view).to(x.dtype)
 
 
 def _task_weighted_stats(
@@ -143,7 +98,7 @@ def _task_weighted_stats(
     mean = (sample_weight.reshape(-1, 1) * per_sample_mean).sum(0)
     if synced:
         mean = all_reduce(mean, group=process_group)
-    sq = (xf - mean.view(_view(xf))).square()
+    sq = (xf - mean.view(_batch.channel_view(xf))).square()
     per_sample_sq = sq.mean(spatial) if spatial else sq
     var = (sample_weight.reshape(-1, 1) * per_sample_sq).sum(0)
     if synced:
@@ -182,13 +137,13 @@ def adab2n(
     ``return_stats=True`` also returns the statistics used (float32 for half inputs)."""
     name = "adab2n"
     _check_common(name, x, eps, running_mean, {"running_var": running_var, "weight": weight, "bias": bias})
-    _check_factor("eta", eta)
+    _batch.check_factor(eta, "eta")
     xf = upcast(x)
-    view = _view(xf)
+    view = _batch.channel_view(xf)
     if not training:
         mean, var = running_mean.to(xf.dtype), running_var.to(xf.dtype)
     else:
-        mean, var, _ = _batch_stats(name, xf, sync, process_group)
+        mean, var, _ = _batch.batch_stats(name, xf, sync, process_group)
         if task_weight is not None and task_ids is not None:
             if task_ids.dim() != 1 or task_ids.shape[0] != x.shape[0] or task_ids.is_floating_point():
                 raise ValueError(
@@ -202,9 +157,9 @@ def adab2n(
             mean = torch.where(active, wmean, mean)
             var = torch.where(active, wvar, var)
         with torch.no_grad():
-            factor = _as_factor(eta, xf.dtype)
+            factor = eta.to(xf.dtype) if isinstance(eta, Tensor) else eta
             running_mean.copy_(torch.lerp(running_mean.to(xf.dtype), mean.detach(), factor))
             running_var.copy_(torch.lerp(running_var.to(xf.dtype), var.detach(), factor))
     y = (xf - mean.view(view)) * torch.rsqrt(var.view(view) + eps)
-    y = _affine(y, weight, bias, view).to(x.dtype)
+    y = _batch.cast_affine(y, weight, bias, view).to(x.dtype)
     return (y, mean, var) if return_stats else y

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from normact._checks import check_eps, check_float, check_tensor, shape_str, upcast
+from normact._checks import check_eps, check_tensor, shape_str, upcast
 from normact.distributed import batch_moments, sync_active
+from normact.functional._batch import check_factor, update_running_stats
 
 __all__ = ["attentive_batch_norm", "attentive_bn_attention"]
 
@@ -51,11 +52,7 @@ def _normalize(
             )
         mean, var, count = batch_moments(xf, (0, 1), sync=synced, process_group=process_group)
         if update and training and running_mean is not None and running_var is not None:
-            with torch.no_grad():
-                unbiased = var.detach() * (count / (count - 1).clamp_min(1))
-                factor = momentum.to(xf.dtype) if isinstance(momentum, Tensor) else momentum
-                running_mean.copy_(torch.lerp(running_mean.to(xf.dtype), mean.detach(), factor))
-                running_var.copy_(torch.lerp(running_var.to(xf.dtype), unbiased, factor))
+            update_running_stats(running_mean, running_var, mean, var, count, momentum)
     else:
         mean, var = running_mean.to(xf.dtype), running_var.to(xf.dtype)
     return (xf - mean) * torch.rsqrt(var + eps)
@@ -132,8 +129,7 @@ def attentive_batch_norm(
     check_eps(eps)
     if level not in _LEVELS:
         raise ValueError(f"{name}: level must be one of {_LEVELS}, got {level!r}")
-    if not isinstance(momentum, Tensor):
-        check_float("momentum", momentum, low=0.0, high=1.0)
+    check_factor(momentum)
     for arg, t, shape in (
         ("gamma_weight", gamma_weight, (c, a_dim)),
         ("beta_weight", beta_weight, (c, a_dim)),

@@ -15,48 +15,15 @@ from torch import Tensor
 
 from normact._checks import check_channels, check_eps, check_float, check_tensor, shape_str, upcast
 from normact.distributed import batch_moments, sync_active
+from normact.functional import _batch
 from normact.functional._state import read_state
 
 __all__ = ["batch_channel_norm", "batch_renorm", "ibn"]
 
 
-def _view(x: Tensor) -> tuple[int, ...]:
-    return (1, -1) + (1,) * (x.dim() - 2)
-
-
 def _check_common(name: str, x: Tensor, eps: float, tensors: dict[str, Tensor | None], channels: int) -> None:
-    check_tensor(x, name)
-    if x.dim() < 2:
-        raise ValueError(f"{name} expects an input of shape (N, C, *), got shape {shape_str(x.shape)}")
-    check_eps(eps)
-    for arg, t in tensors.items():
-        if t is not None and t.numel() != channels:
-            raise ValueError(f"{name}: {arg} must have {channels} elements, got shape {shape_str(t.shape)}")
-
-
-def _check_momentum(momentum: float | Tensor) -> None:
-    if not isinstance(momentum, Tensor):
-        check_float("momentum", momentum, low=0.0, high=1.0)
-
-
-def _train_moments(name: str, xf: Tensor, sync: bool, process_group: Any) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-channel batch mean, biased variance and count over (N, *spatial) (over the process group with sync)."""
-    synced = sync and sync_active(process_group)
-    n = xf.numel() // xf.shape[1] if xf.shape[1] else 0
-    if n <= 1 and not synced:
-        raise ValueError(
-            f"{name} in training needs more than 1 value per channel (N * spatial > 1), "
-            f"got input shape {shape_str(xf.shape)}"
-        )
-    return batch_moments(xf, (0, *range(2, xf.dim())), sync=synced, process_group=process_group)
-
-
-def _affine(y: Tensor, weight: Tensor | None, bias: Tensor | None, view: tuple[int, ...]) -> Tensor:
-    if weight is not None:
-        y = y * weight.view(view).to(y.dtype)
-    if bias is not None:
-        y = y + bias.view(view).to(y.dtype)
-    return y
+    _batch.check_nc_input(name, x, eps)
+    _batch.check_numel(name, tensors.items(), channels)
 
 
 def batch_renorm(
@@ -87,32 +54,28 @@ def batch_renorm(
     channels = running_mean.numel()
     _check_common(name, x, eps, {"running_var": running_var, "weight": weight, "bias": bias}, channels)
     check_channels(x, 1, channels, name, f"(N, {channels}, *)")
-    _check_momentum(momentum)
+    _batch.check_factor(momentum)
     check_float("r_max", r_max, low=1.0)
     check_float("d_max", d_max, nonnegative=True)
     xf = upcast(x)
-    view = _view(xf)
+    view = _batch.channel_view(xf)
     # read_state: both buffers are updated below; under torch.compile the partitioner could otherwise
     # recompute r and d from the updated buffers in the backward pass (see normact.functional._state)
     rm = read_state(running_mean).to(xf.dtype)
     rv = read_state(running_var).to(xf.dtype)
     sigma = torch.sqrt(rv + eps)
     if training:
-        mean, var, count = _train_moments(name, xf, sync, process_group)
+        mean, var, count = _batch.batch_stats(name, xf, sync, process_group)
         inv_std = torch.rsqrt(var + eps)
         with torch.no_grad():
             sigma_b = torch.sqrt(var.detach() + eps)
             r = (sigma_b / sigma).clamp(1.0 / r_max, r_max)
             d = ((mean.detach() - rm) / sigma).clamp(-d_max, d_max)
         y = (xf - mean.view(view)) * (inv_std * r).view(view) + d.view(view)
-        with torch.no_grad():
-            unbiased = var.detach() * (count / (count - 1).clamp_min(1))
-            factor = momentum.to(xf.dtype) if isinstance(momentum, Tensor) else momentum
-            running_mean.copy_(torch.lerp(rm, mean.detach(), factor))
-            running_var.copy_(torch.lerp(rv, unbiased, factor))
+        _batch.update_running_stats(running_mean, running_var, mean, var, count, momentum, old=(rm, rv))
     else:
         y = (xf - rm.view(view)) / sigma.view(view)
-    return _affine(y, weight, bias, view).to(x.dtype)
+    return _batch.cast_affine(y, weight, bias, view).to(x.dtype)
 
 
 def ibn(
@@ -140,7 +103,7 @@ def ibn(
     if x.dim() != 4:
         raise ValueError(f"{name} expects a 4-D input of shape (N, C, H, W), got shape {shape_str(x.shape)}")
     check_eps(eps)
-    _check_momentum(momentum)
+    _batch.check_factor(momentum)
     c = x.shape[1]
     if not 0 <= half <= c:
         raise ValueError(f"{name}: half must be in [0, C] = [0, {c}], got {half}")
@@ -158,28 +121,24 @@ def ibn(
                 f"got shape {shape_str(t.shape)}"
             )
     xf = upcast(x)
-    view = _view(xf)
+    view = _batch.channel_view(xf)
     parts = []
     if half > 0:
         xi = xf[:, :half]
         mean = xi.mean((2, 3), keepdim=True)
         var = (xi - mean).square().mean((2, 3), keepdim=True)
-        parts.append(_affine((xi - mean) * torch.rsqrt(var + eps), in_weight, in_bias, view))
+        parts.append(_batch.cast_affine((xi - mean) * torch.rsqrt(var + eps), in_weight, in_bias, view))
     if half < c:
         xb = xf[:, half:]
         use_batch = training or running_mean is None
         if use_batch:
-            mean, var, count = _train_moments(name, xb, sync, process_group)
+            mean, var, count = _batch.batch_stats(name, xb, sync, process_group)
             if training and running_mean is not None and running_var is not None:
-                with torch.no_grad():
-                    unbiased = var.detach() * (count / (count - 1).clamp_min(1))
-                    factor = momentum.to(xf.dtype) if isinstance(momentum, Tensor) else momentum
-                    running_mean.copy_(torch.lerp(running_mean.to(xf.dtype), mean.detach(), factor))
-                    running_var.copy_(torch.lerp(running_var.to(xf.dtype), unbiased, factor))
+                _batch.update_running_stats(running_mean, running_var, mean, var, count, momentum)
         else:
             mean, var = running_mean.to(xf.dtype), running_var.to(xf.dtype)
         y = (xb - mean.view(view)) * torch.rsqrt(var.view(view) + eps)
-        parts.append(_affine(y, bn_weight, bn_bias, view))
+        parts.append(_batch.cast_affine(y, bn_weight, bn_bias, view))
     y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
     return y.to(x.dtype)
 
@@ -216,34 +175,32 @@ def batch_channel_norm(
     channels = running_mean.numel()
     _check_common(name, x, eps, {"running_var": running_var, "weight": weight, "bias": bias}, channels)
     check_channels(x, 1, channels, name, f"(N, {channels}, *)")
-    _check_momentum(momentum)
+    _batch.check_factor(momentum)
     if not isinstance(num_groups, int) or num_groups < 1 or channels % num_groups:
         raise ValueError(f"{name}: num_groups must be a positive divisor of C = {channels}, got {num_groups!r}")
     for arg, t in (("group_weight", group_weight), ("group_bias", group_bias)):
         if t is not None and t.numel() != num_groups:
             raise ValueError(f"{name}: {arg} must have {num_groups} elements, got shape {shape_str(t.shape)}")
     xf = upcast(x)
-    view = _view(xf)
+    view = _batch.channel_view(xf)
     rm = running_mean.to(xf.dtype)
     rv = running_var.to(xf.dtype)
     if training:
         with torch.no_grad():
             synced = sync and sync_active(process_group)
-            mean, var, _ = batch_moments(
-                xf.detach(), (0, *range(2, xf.dim())), sync=synced, process_group=process_group
-            )
+            mean, var, _ = batch_moments(xf.detach(), _batch.reduce_dims(xf), sync=synced, process_group=process_group)
             est_var = var + (mean - rm).square()  # E_B[(x - running_mean_old)^2]
             factor = momentum.to(xf.dtype) if isinstance(momentum, Tensor) else momentum
             rm = torch.lerp(rm, mean, factor)
             rv = torch.lerp(rv, est_var, factor)
             running_mean.copy_(rm)
             running_var.copy_(rv)
-    y = _affine((xf - rm.view(view)) * torch.rsqrt(rv.view(view) + eps), weight, bias, view)
+    y = _batch.cast_affine((xf - rm.view(view)) * torch.rsqrt(rv.view(view) + eps), weight, bias, view)
     n = y.shape[0]
     yg = y.reshape(n, num_groups, -1)
     gmean = yg.mean(-1, keepdim=True)
     gvar = (yg - gmean).square().mean(-1, keepdim=True)
     yg = (yg - gmean) * torch.rsqrt(gvar + eps)
     gview = (1, num_groups, 1)
-    yg = _affine(yg, group_weight, group_bias, gview)
+    yg = _batch.cast_affine(yg, group_weight, group_bias, gview)
     return yg.reshape(x.shape).to(x.dtype)

@@ -14,15 +14,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from normact._checks import check_channels, check_eps, check_float, check_int, check_tensor, shape_str, upcast
+from normact._checks import check_channels, check_int, shape_str, upcast
 from normact.distributed import batch_moments, sync_active
+from normact.functional import _batch
 from normact.functional._state import read_state
 
 __all__ = ["cross_minibatch_norm"]
-
-
-def _view(x: Tensor) -> tuple[int, ...]:
-    return (1, -1) + (1,) * (x.dim() - 2)
 
 
 def cross_minibatch_norm(
@@ -54,26 +51,21 @@ def cross_minibatch_norm(
     towards the pooled mean and unbiased variance with ``momentum`` (a float or a 0-d tensor). Evaluation:
     BatchNorm with the running statistics."""
     name = "cross_minibatch_norm"
-    check_tensor(x, name)
-    if x.dim() < 2:
-        raise ValueError(f"{name} expects an input of shape (N, C, *), got shape {shape_str(x.shape)}")
-    check_eps(eps)
+    _batch.check_nc_input(name, x, eps)
     accum_steps = check_int("accum_steps", accum_steps)
-    if not isinstance(momentum, Tensor):
-        check_float("momentum", momentum, low=0.0, high=1.0)
+    _batch.check_factor(momentum)
     channels = running_mean.numel()
     check_channels(x, 1, channels, name, f"(N, {channels}, *)")
-    for arg, t in (
+    tensors = (
         ("running_var", running_var),
         ("accum_mean", accum_mean),
         ("accum_var", accum_var),
         ("weight", weight),
         ("bias", bias),
-    ):
-        if t is not None and t.numel() != channels:
-            raise ValueError(f"{name}: {arg} must have {channels} elements, got shape {shape_str(t.shape)}")
+    )
+    _batch.check_numel(name, tensors, channels)
     xf = upcast(x)
-    view = _view(xf)
+    view = _batch.channel_view(xf)
     if training:
         synced = sync and sync_active(process_group)
         local = xf.numel() // channels if channels else 0
@@ -82,7 +74,7 @@ def cross_minibatch_norm(
                 f"{name} in training with accum_steps=1 needs more than 1 value per channel (N * spatial > 1), "
                 f"got input shape {shape_str(x.shape)}"
             )
-        mean_b, var_b, n_b = batch_moments(xf, (0, *range(2, xf.dim())), sync=synced, process_group=process_group)
+        mean_b, var_b, n_b = batch_moments(xf, _batch.reduce_dims(xf), sync=synced, process_group=process_group)
         # Earlier mini-batches of this optimizer batch (constants); none at the first one. torch.where, not a
         # product, so stale or non-finite accumulators of a finished batch never leak in.
         # (read_state: these buffers are updated below; see normact.functional._state)
@@ -100,14 +92,7 @@ def cross_minibatch_norm(
             accum_var.copy_(var.detach())
             accum_count.copy_(n.detach().round().to(accum_count.dtype))
             accum_step.copy_((accum_step + 1) % accum_steps)
-            unbiased = var.detach() * (n / (n - 1).clamp_min(1))
-            factor = momentum.to(xf.dtype) if isinstance(momentum, Tensor) else momentum
-            running_mean.copy_(torch.lerp(running_mean.to(xf.dtype), mean.detach(), factor))
-            running_var.copy_(torch.lerp(running_var.to(xf.dtype), unbiased, factor))
+            _batch.update_running_stats(running_mean, running_var, mean, var, n, momentum)
     else:
         y = (xf - running_mean.to(xf.dtype).view(view)) * torch.rsqrt(running_var.to(xf.dtype).view(view) + eps)
-    if weight is not None:
-        y = y * weight.to(xf.dtype).view(view)
-    if bias is not None:
-        y = y + bias.to(xf.dtype).view(view)
-    return y.to(x.dtype)
+    return _batch.cast_affine(y, weight, bias, view).to(x.dtype)

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from normact._checks import check_channels, check_eps, check_int, check_momentum, check_tensor, shape_str, upcast
-from normact.distributed import batch_moments, sync_active
 from normact.functional._affine import affine
+from normact.functional._batch import batch_stats
 
 __all__ = [
     "evonorm_b0",
@@ -75,14 +75,8 @@ def _batch_std(
     training (over the whole process group with ``sync``; the running variance updated in place with the
     unbiased one), the running variance in eval."""
     if training:
-        n = xf.numel() // xf.shape[1] if xf.shape[1] else 0
-        synced = sync and sync_active(process_group)
-        if n <= 1 and not synced:
-            raise ValueError(
-                f"{name} in training needs more than 1 value per channel (N * H * W > 1), "
-                f"got input shape {shape_str(xf.shape)}"
-            )
-        _, var, count = batch_moments(xf, (0, 2, 3), sync=synced, process_group=process_group)
+        need = "in training needs more than 1 value per channel (N * H * W > 1)"
+        _, var, count = batch_stats(name, xf, sync, process_group, need)
         if running_var is not None:
             with torch.no_grad():
                 unbiased = var.detach() * (count / (count - 1).clamp_min(1))

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from normact._checks import check_eps, check_float, check_tensor, shape_str, upcast
-from normact.distributed import batch_moments, sync_active
 from normact.functional._affine import affine
+from normact.functional._batch import batch_stats, check_factor, update_running_stats
 
 __all__ = ["cc_norm", "pc_norm", "sc_norm"]
 
@@ -72,11 +72,6 @@ def _check_vectors(name: str, x: Tensor, tensors: dict[str, Tensor | None]) -> N
             )
 
 
-def _check_momentum(momentum: float | Tensor) -> None:
-    if not isinstance(momentum, Tensor):
-        check_float("momentum", momentum, low=0.0, high=1.0)
-
-
 def _mix(name: str, mix_logit: Tensor, temperature: float, dtype: torch.dtype) -> Tensor:
     check_float("temperature", temperature, positive=True)
     if mix_logit.numel() != 1:
@@ -99,20 +94,10 @@ def _batch_normalized(
     training or without running statistics (running statistics then updated in place with ``momentum`` and the
     unbiased variance), the running statistics otherwise."""
     if training or running_mean is None or running_var is None:
-        synced = sync and sync_active(process_group)
-        per_channel = xf.numel() // xf.shape[1] if xf.shape[1] else 0
-        if per_channel <= 1 and not synced:
-            raise ValueError(
-                f"{name} with batch statistics needs more than 1 value per channel (N * H * W > 1), "
-                f"got input shape {shape_str(xf.shape)}"
-            )
-        mean, var, count = batch_moments(xf, (0, 2, 3), sync=synced, process_group=process_group)
+        need = "with batch statistics needs more than 1 value per channel (N * H * W > 1)"
+        mean, var, count = batch_stats(name, xf, sync, process_group, need)
         if training and running_mean is not None and running_var is not None:
-            with torch.no_grad():
-                unbiased = var.detach() * (count / (count - 1).clamp_min(1))
-                factor = momentum.to(xf.dtype) if isinstance(momentum, Tensor) else momentum
-                running_mean.copy_(torch.lerp(running_mean.to(xf.dtype), mean.detach(), factor))
-                running_var.copy_(torch.lerp(running_var.to(xf.dtype), unbiased, factor))
+            update_running_stats(running_mean, running_var, mean, var, count, momentum)
     else:
         mean, var = running_mean.to(xf.dtype), running_var.to(xf.dtype)
     mean = mean.view(_VIEW)
@@ -139,7 +124,7 @@ def pc_norm(
     name = "pc_norm"
     _check_4d(name, x, eps)
     _check_vectors(name, x, {"running_mean": running_mean, "running_var": running_var, "weight": weight, "bias": bias})
-    _check_momentum(momentum)
+    check_factor(momentum)
     xf = upcast(x)
     normalized, _ = _batch_normalized(name, xf, running_mean, running_var, training, momentum, eps, sync, process_group)
     y = _compose(_amplitude(_spectrum(normalized)), _phasor(_spectrum(xf)), xf.shape[-2:])
@@ -168,7 +153,7 @@ def cc_norm(
     name = "cc_norm"
     _check_4d(name, x, eps)
     _check_vectors(name, x, {"running_mean": running_mean, "running_var": running_var, "weight": weight, "bias": bias})
-    _check_momentum(momentum)
+    check_factor(momentum)
     xf = upcast(x)
     lam = _mix(name, mix_logit, temperature, xf.dtype)
     normalized, mean = _batch_normalized(

@@ -17,16 +17,14 @@ from torch import Tensor
 
 from normact._checks import (
     check_channels,
-    check_eps,
     check_float,
-    check_tensor,
-    check_trailing,
-    normalize_shape,
     shape_str,
     upcast,
 )
 from normact.distributed import sync_active
 from normact.functional._affine import affine
+from normact.functional._batch import channel_view, check_nc_input, reduce_dims
+from normact.functional._last_dim import check_last_dim_input, last_dims
 
 __all__ = ["L2_EQUIVALENT_SCALE", "l1_batch_norm", "l1_layer_norm"]
 
@@ -45,13 +43,10 @@ def l1_layer_norm(
 ) -> Tensor:
     r"""L1 layer normalization over the last ``len(normalized_shape)`` dims:
     :math:`y = (x - \mu) / (s \cdot \mathrm{mean}|x - \mu| + \epsilon)\,\gamma + \beta`, ``s = scale``."""
-    shape = normalize_shape(normalized_shape)
-    check_tensor(x, "l1_layer_norm")
-    check_trailing(x, shape, "l1_layer_norm")
-    check_eps(eps)
+    shape = check_last_dim_input("l1_layer_norm", x, normalized_shape, eps)
     check_float("scale", scale, positive=True)
     xf = upcast(x)
-    dims = tuple(range(-len(shape), 0))
+    dims = last_dims(len(shape))
     centred = xf - xf.mean(dims, keepdim=True)
     deviation = centred.abs().mean(dims, keepdim=True)
     y = centred / (scale * deviation + eps)
@@ -61,8 +56,7 @@ def l1_layer_norm(
 def _l1_moments(x: Tensor, sync: bool, process_group: Any) -> tuple[Tensor, Tensor]:
     """Per-channel mean and mean absolute deviation of an (N, C, *) input over N and the spatial dims,
     across the process group when ``sync`` is on and a group is active (differentiable all-reduce)."""
-    dims = (0, *range(2, x.dim()))
-    view = (1, -1) + (1,) * (x.dim() - 2)
+    dims, view = reduce_dims(x), channel_view(x)
     if not (sync and sync_active(process_group)):
         mean = x.mean(dims)
         return mean, (x - mean.view(view)).abs().mean(dims)
@@ -96,10 +90,7 @@ def l1_batch_norm(
     :math:`\mu_B, d_B` with ``momentum`` (a float or a 0-d tensor). Evaluation (``training=False``):
     :math:`y = (x - \text{running\_mean}) / (\text{running\_dev} + \epsilon)\,\gamma + \beta`."""
     name = "l1_batch_norm"
-    check_tensor(x, name)
-    if x.dim() < 2:
-        raise ValueError(f"{name} expects an input of shape (N, C, *), got shape {shape_str(x.shape)}")
-    check_eps(eps)
+    check_nc_input(name, x, eps)
     check_float("scale", scale, positive=True)
     for label, t in (("running_mean", running_mean), ("running_dev", running_dev), ("weight", weight), ("bias", bias)):
         if t is not None:
@@ -107,7 +98,7 @@ def l1_batch_norm(
     if (running_mean is None) != (running_dev is None):
         raise ValueError(f"{name} needs both running_mean and running_dev, or neither")
     xf = upcast(x)
-    view = (1, -1) + (1,) * (x.dim() - 2)
+    view = channel_view(x)
     if training or running_mean is None:
         if x.numel() // max(x.shape[1], 1) <= 1:
             raise ValueError(

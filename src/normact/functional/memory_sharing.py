@@ -23,8 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from normact._checks import check_eps, check_tensor, check_trailing, normalize_shape, upcast
+from normact._checks import upcast
 from normact.functional._affine import affine
+from normact.functional._last_dim import check_last_dim_input, last_dims
 
 __all__ = ["ms_layer_norm", "ms_rms_norm"]
 
@@ -68,10 +69,6 @@ class _MemorySharingNorm(torch.autograd.Function):
         return (None if grad_x is None else grad_x.to(y.dtype)), None, None, None
 
 
-def _dims(k: int) -> tuple[int, ...]:
-    return tuple(range(-k, 0))
-
-
 def ms_layer_norm(
     x: Tensor,
     normalized_shape: int | Sequence[int],
@@ -84,11 +81,8 @@ def ms_layer_norm(
     output and 1/sigma, not from ``x``. The gradient is exact. ``weight``/``bias`` are applied by ordinary autograd
     ops after the memory-sharing core; then the normalized tensor, not the affine output, is what is saved, so
     the memory is shared only without them (fold them into the next linear layer instead)."""
-    shape = normalize_shape(normalized_shape)
-    check_tensor(x, "ms_layer_norm")
-    check_trailing(x, shape, "ms_layer_norm")
-    check_eps(eps)
-    y, _ = _MemorySharingNorm.apply(x, _dims(len(shape)), eps, True)
+    shape = check_last_dim_input("ms_layer_norm", x, normalized_shape, eps)
+    y, _ = _MemorySharingNorm.apply(x, last_dims(len(shape)), eps, True)
     return affine(y, weight, bias)
 
 
@@ -102,9 +96,6 @@ def ms_rms_norm(
     root, as ``torch.nn.RMSNorm``; ``None`` is the machine epsilon of the computation dtype) with the backward
     computed from the saved normalized output and 1/rms. The gradient is exact; ``weight`` breaks the sharing as
     in :func:`ms_layer_norm`."""
-    shape = normalize_shape(normalized_shape)
-    check_tensor(x, "ms_rms_norm")
-    check_trailing(x, shape, "ms_rms_norm")
-    check_eps(eps, allow_none=True)
-    y, _ = _MemorySharingNorm.apply(x, _dims(len(shape)), eps, False)
+    shape = check_last_dim_input("ms_rms_norm", x, normalized_shape, eps, allow_none_eps=True)
+    y, _ = _MemorySharingNorm.apply(x, last_dims(len(shape)), eps, False)
     return affine(y, weight, None)

@@ -20,10 +20,10 @@ from normact._checks import (
     check_int,
     check_tensor,
     check_trailing,
-    normalize_shape,
     upcast,
 )
 from normact.functional._affine import affine
+from normact.functional._last_dim import check_last_dim_input, last_dims
 
 __all__ = [
     "batch_norm",
@@ -37,10 +37,6 @@ __all__ = [
 ]
 
 
-def _last_dims(k: int) -> tuple[int, ...]:
-    return tuple(range(-k, 0))
-
-
 def layer_norm(
     x: Tensor,
     normalized_shape: int | Sequence[int],
@@ -50,10 +46,7 @@ def layer_norm(
 ) -> Tensor:
     r"""Layer normalization over the last ``len(normalized_shape)`` dims:
     :math:`y = (x - \mu)/\sqrt{\sigma^2 + \epsilon}\,\gamma + \beta` (biased variance)."""
-    shape = normalize_shape(normalized_shape)
-    check_tensor(x, "layer_norm")
-    check_trailing(x, shape, "layer_norm")
-    check_eps(eps)
+    shape = check_last_dim_input("layer_norm", x, normalized_shape, eps)
     return F.layer_norm(x, shape, weight, bias, eps)
 
 
@@ -67,10 +60,7 @@ def rms_norm(
 
     ``eps=None`` uses ``torch.finfo(x.dtype).eps`` of the computation type (float32 for float16/bfloat16 input).
     """
-    shape = normalize_shape(normalized_shape)
-    check_tensor(x, "rms_norm")
-    check_trailing(x, shape, "rms_norm")
-    check_eps(eps, allow_none=True)
+    shape = check_last_dim_input("rms_norm", x, normalized_shape, eps, allow_none_eps=True)
     # torch's kernel accumulates float16/bfloat16 in float32 (checked at |x| = 1e4 by the harness).
     return F.rms_norm(x, shape, weight, eps)
 
@@ -84,12 +74,9 @@ def rms_norm_paper(
 ) -> Tensor:
     r"""RMSNorm as in Zhang & Sennrich's code: :math:`y = x / (\mathrm{RMS}(x) + \epsilon)\,g + b`,
     :math:`\mathrm{RMS}(x) = \lVert x\rVert_2/\sqrt{d}` (``eps`` outside the root)."""
-    shape = normalize_shape(normalized_shape)
-    check_tensor(x, "rms_norm_paper")
-    check_trailing(x, shape, "rms_norm_paper")
-    check_eps(eps)
+    shape = check_last_dim_input("rms_norm_paper", x, normalized_shape, eps)
     xf = upcast(x)
-    dims = _last_dims(len(shape))
+    dims = last_dims(len(shape))
     d = math.prod(shape)
     rms = torch.linalg.vector_norm(xf, ord=2, dim=dims, keepdim=True) * (d**-0.5)
     return affine(xf / (rms + eps), weight, bias).to(x.dtype)
@@ -102,12 +89,9 @@ def scale_norm(
     eps: float = 1e-5,
 ) -> Tensor:
     r"""ScaleNorm: :math:`y = g \cdot x / \max(\lVert x\rVert_2, \epsilon)` over the last dims, one scalar ``g``."""
-    shape = normalize_shape(normalized_shape)
-    check_tensor(x, "scale_norm")
-    check_trailing(x, shape, "scale_norm")
-    check_eps(eps)
+    shape = check_last_dim_input("scale_norm", x, normalized_shape, eps)
     xf = upcast(x)
-    norm = torch.linalg.vector_norm(xf, ord=2, dim=_last_dims(len(shape)), keepdim=True)
+    norm = torch.linalg.vector_norm(xf, ord=2, dim=last_dims(len(shape)), keepdim=True)
     y = xf / norm.clamp_min(eps) * scale
     return y.to(x.dtype)
 

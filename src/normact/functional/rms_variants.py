@@ -13,14 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from normact._checks import check_eps, check_float, check_tensor, check_trailing, normalize_shape, upcast
+from normact._checks import check_float, upcast
 from normact.functional._affine import affine
+from normact.functional._last_dim import check_last_dim_input, last_dims
 
 __all__ = ["crms_norm", "fix_norm", "partial_rms_norm", "simple_rms_norm"]
-
-
-def _last_dims(k: int) -> tuple[int, ...]:
-    return tuple(range(-k, 0))
 
 
 def check_p(p: object) -> float:
@@ -42,10 +39,7 @@ def partial_size(d: int, p: float) -> int:
 def simple_rms_norm(x: Tensor, normalized_shape: int | Sequence[int], eps: float = 1e-6) -> Tensor:
     r"""SimpleRMSNorm (TransNormerLLM): :math:`y = x / \sqrt{\mathrm{mean}(x^2) + \epsilon}`, no gain,
     over the last ``len(normalized_shape)`` dims."""
-    shape = normalize_shape(normalized_shape)
-    check_tensor(x, "simple_rms_norm")
-    check_trailing(x, shape, "simple_rms_norm")
-    check_eps(eps)
+    shape = check_last_dim_input("simple_rms_norm", x, normalized_shape, eps)
     return F.rms_norm(upcast(x), shape, None, eps).to(x.dtype)
 
 
@@ -61,10 +55,7 @@ def partial_rms_norm(
     :math:`\overline{\mathrm{RMS}}(x) = \lVert x_{1:k} \rVert_2 / \sqrt{k}` over the first
     :math:`k = \lceil p\,d \rceil` of the ``d`` normalized elements (row-major order when several dims are
     normalized); ``eps`` outside the root as in the paper's code."""
-    shape = normalize_shape(normalized_shape)
-    check_tensor(x, "partial_rms_norm")
-    check_trailing(x, shape, "partial_rms_norm")
-    check_eps(eps)
+    shape = check_last_dim_input("partial_rms_norm", x, normalized_shape, eps)
     n = len(shape)
     k = partial_size(math.prod(shape), p)
     xf = upcast(x)
@@ -84,11 +75,8 @@ def crms_norm(
     r"""Compressed RMSNorm (Jiang et al.): the RMSNorm of the zero-mean :math:`(d+1)`-vector
     :math:`(x, -\sum_i x_i)` restricted to its first ``d`` coordinates,
     :math:`y = x / \sqrt{(\lVert x\rVert_2^2 + (\sum_i x_i)^2)/(d+1) + \epsilon}\,\gamma + \beta`."""
-    shape = normalize_shape(normalized_shape)
-    check_tensor(x, "crms_norm")
-    check_trailing(x, shape, "crms_norm")
-    check_eps(eps)
-    dims = _last_dims(len(shape))
+    shape = check_last_dim_input("crms_norm", x, normalized_shape, eps)
+    dims = last_dims(len(shape))
     d = math.prod(shape)
     xf = upcast(x)
     total = xf.sum(dims, keepdim=True)
@@ -104,11 +92,8 @@ def fix_norm(
 ) -> Tensor:
     r"""FixNorm: :math:`y = g\,x / \max(\lVert x\rVert_2, \epsilon)` with a fixed (not learned) length
     :math:`g` = ``length``, over the last ``len(normalized_shape)`` dims."""
-    shape = normalize_shape(normalized_shape)
-    check_tensor(x, "fix_norm")
-    check_trailing(x, shape, "fix_norm")
-    check_eps(eps)
+    shape = check_last_dim_input("fix_norm", x, normalized_shape, eps)
     length = check_float("length", length, positive=True)
     xf = upcast(x)
-    norm = torch.linalg.vector_norm(xf, ord=2, dim=_last_dims(len(shape)), keepdim=True)
+    norm = torch.linalg.vector_norm(xf, ord=2, dim=last_dims(len(shape)), keepdim=True)
     return (xf / norm.clamp_min(eps) * length).to(x.dtype)

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from normact._checks import check_eps, check_float, check_tensor, shape_str, upcast
 from normact.distributed import batch_moments, sync_active
+from normact.functional._batch import update_running_stats
 
 __all__ = ["region_norm", "region_norm_l", "spade"]
 
@@ -59,22 +60,6 @@ def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
 def _conv(t: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """A stride-1 'same' convolution (odd kernel, zero padding k // 2) in ``t``'s dtype."""
     return F.conv2d(t, weight.to(t.dtype), _cast(bias, t.dtype), padding=weight.shape[-1] // 2)
-
-
-def _update_running(
-    running_mean: Tensor,
-    running_var: Tensor,
-    mean: Tensor,
-    var: Tensor,
-    count: Tensor,
-    factor: float | Tensor,
-) -> None:
-    """lerp the running statistics towards the batch mean and the unbiased batch variance (no gradient)."""
-    with torch.no_grad():
-        unbiased = var.detach() * (count / (count - 1).clamp_min(1))
-        factor = factor.to(mean.dtype) if isinstance(factor, Tensor) else factor
-        running_mean.copy_(torch.lerp(running_mean.to(mean.dtype), mean.detach(), factor))
-        running_var.copy_(torch.lerp(running_var.to(mean.dtype), unbiased, factor))
 
 
 # --------------------------------------------------------------------------------------------------- SPADE
@@ -153,7 +138,7 @@ def spade(
                 )
             mean, var, count = batch_moments(xf, (0, 2, 3), sync=synced, process_group=process_group)
             if training and running_mean is not None and running_var is not None:
-                _update_running(running_mean, running_var, mean, var, count, momentum)
+                update_running_stats(running_mean, running_var, mean, var, count, momentum)
         else:
             mean, var = running_mean.to(xf.dtype), running_var.to(xf.dtype)
         xhat = (xf - mean.view(view)) * torch.rsqrt(var.view(view) + eps)

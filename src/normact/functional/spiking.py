@@ -16,6 +16,7 @@ from torch import Tensor
 
 from normact._checks import check_channels, check_eps, check_float, check_tensor, shape_str, upcast
 from normact.distributed import batch_moments, sync_active
+from normact.functional._batch import update_running_stats
 
 __all__ = ["fold_mpbn_threshold", "mpbn_lif", "mpbn_surrogate_grad"]
 
@@ -180,9 +181,7 @@ def mpbn_lif(
                     factor: float | Tensor = 1.0 / num_batches_tracked.to(xf.dtype)
                 else:
                     factor = momentum
-                unbiased = var.detach() * (count / (count - 1).clamp_min(1))
-                running_mean.copy_(torch.lerp(running_mean.to(xf.dtype), mean.detach(), factor))
-                running_var.copy_(torch.lerp(running_var.to(xf.dtype), unbiased, factor))
+            update_running_stats(running_mean, running_var, mean, var, count, factor)
         else:
             u_hat = (u - rm) * inv
         if w is not None:

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from normact._checks import check_eps, check_tensor, check_trailing, normalize_shape, shape_str, upcast
+from normact._checks import shape_str, upcast
+from normact.functional._last_dim import check_last_dim_input, last_dims
 
 __all__ = ["td_layer_norm", "td_rms_norm", "time_dependent_parameter"]
 
@@ -108,10 +109,7 @@ def td_layer_norm(
     (likewise :math:`\beta`, optional). LN without affine over the last ``len(normalized_shape)`` dims, biased
     variance, ``eps`` inside the root. ``t``: shape (N,) (one time per sample), or any shape broadcasting from the
     left against the input's leading dims, or a number. float16/bfloat16 inputs are computed in float32."""
-    shape = normalize_shape(normalized_shape)
-    check_tensor(x, "td_layer_norm")
-    check_trailing(x, shape, "td_layer_norm")
-    check_eps(eps)
+    shape = check_last_dim_input("td_layer_norm", x, normalized_shape, eps)
     tv = _time_view(x, t, len(shape), "td_layer_norm")
     y = F.layer_norm(upcast(x), shape, eps=eps)
     out = _affine_t(
@@ -142,13 +140,10 @@ def td_rms_norm(
     r"""Time-dependent RMSNorm (DiMR's TDRMSNorm): :math:`y = x / (\mathrm{RMS}(x) + \epsilon) \odot \gamma(t)
     (+ \beta(t))`, :math:`\mathrm{RMS}(x) = \lVert x \rVert_2 / \sqrt{d}` over the last dims (``eps`` outside the
     root, as the official code), the time-dependent parameters as in :func:`td_layer_norm`."""
-    shape = normalize_shape(normalized_shape)
-    check_tensor(x, "td_rms_norm")
-    check_trailing(x, shape, "td_rms_norm")
-    check_eps(eps)
+    shape = check_last_dim_input("td_rms_norm", x, normalized_shape, eps)
     tv = _time_view(x, t, len(shape), "td_rms_norm")
     xf = upcast(x)
-    dims = tuple(range(-len(shape), 0))
+    dims = last_dims(len(shape))
     rms = torch.linalg.vector_norm(xf, ord=2, dim=dims, keepdim=True) * (math.prod(shape) ** -0.5)
     out = _affine_t(
         xf / (rms + eps),

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normact import functional as NF
-from normact._checks import check_channel_input, check_eps, check_float, check_int, check_momentum, shape_str
+from normact._checks import check_eps, check_float, check_int, check_momentum, shape_str
+from normact.layers.norm import _channel
 from normact.registry import Paper, Param, register
 
 __all__ = ["AdaB2N", "AlphaBatchNorm"]
@@ -23,33 +24,6 @@ ADAB2N = Paper(
     "2310.08855",
     "Lyu, Wang, Zhang, Sun, Su, Zhu, Jing",
 )
-
-_BN_BUFFERS = (
-    Param("running_mean", "(C,)", "0", buffer=True),
-    Param("running_var", "(C,)", "1", buffer=True),
-    Param("num_batches_tracked", "()", "0", buffer=True),
-)
-
-
-def _affine_params(module: nn.Module, n: int, affine: bool, factory_kwargs: dict[str, Any]) -> None:
-    for name in ("weight", "bias"):
-        module.register_parameter(name, nn.Parameter(torch.empty(n, **factory_kwargs)) if affine else None)
-
-
-def _stats_buffers(module: nn.Module, n: int, factory_kwargs: dict[str, Any]) -> None:
-    module.register_buffer("running_mean", torch.zeros(n, **factory_kwargs))
-    module.register_buffer("running_var", torch.ones(n, **factory_kwargs))
-    module.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=factory_kwargs["device"]))
-
-
-def _reset_bn(module: nn.Module) -> None:
-    module.running_mean.zero_()
-    module.running_var.fill_(1)
-    module.num_batches_tracked.zero_()
-    if module.weight is not None:
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-
 
 # ------------------------------------------------------------------------------------------------- alpha-BN
 
@@ -66,9 +40,8 @@ def _reset_bn(module: nn.Module) -> None:
     ),
     functional=NF.alpha_batch_norm,
     params=(
-        Param("weight", "(C,)", "1 (affine=True only)"),
-        Param("bias", "(C,)", "0 (affine=True only)"),
-        *_BN_BUFFERS,
+        *_channel.AFFINE_PARAMS,
+        *_channel.BN_BUFFERS,
     ),
     batch_dependent=True,
     stateful=True,
@@ -136,8 +109,8 @@ class AlphaBatchNorm(nn.Module):
         self.affine = bool(affine)
         self.sync = bool(sync)
         self.process_group = process_group
-        _affine_params(self, self.num_features, self.affine, factory_kwargs)
-        _stats_buffers(self, self.num_features, factory_kwargs)
+        _channel.add_channel_affine(self, self.num_features, self.affine, factory_kwargs)
+        _channel.add_running_stats(self, self.num_features, True, factory_kwargs, count=True)
         self.reset_parameters()
 
     @classmethod
@@ -165,23 +138,16 @@ class AlphaBatchNorm(nn.Module):
 
     def reset_running_stats(self) -> None:
         """running_mean = 0, running_var = 1, num_batches_tracked = 0."""
-        self.running_mean.zero_()
-        self.running_var.fill_(1)
-        self.num_batches_tracked.zero_()
+        _channel.reset_running_stats(self)
 
     def reset_parameters(self) -> None:
         """Running statistics reset; weight = 1, bias = 0."""
-        _reset_bn(self)
+        _channel.reset_running_stats(self)
+        _channel.reset_channel_affine(self)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_channel_input(
-            x, type(self).__name__, self.num_features, ranks=(2, 3, 4, 5), layout="(N, {C}) or (N, {C}, *)"
-        )
-        factor: float | Tensor = 0.0
-        if self.training:
-            self.num_batches_tracked.add_(1)
-            # cumulative average: a tensor factor (no host read, so torch.compile captures it)
-            factor = self.momentum if self.momentum is not None else 1.0 / self.num_batches_tracked.to(torch.float64)
+        _channel.check_input(self, x, (2, 3, 4, 5), "(N, {C}) or (N, {C}, *)")
+        factor = _channel.momentum_factor(self) if self.training else 0.0
         return NF.alpha_batch_norm(
             x,
             self.running_mean,
@@ -199,7 +165,7 @@ class AlphaBatchNorm(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, alpha={self.alpha}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}" + (", sync=True" if self.sync else "")
+            f"affine={self.affine}" + _channel.sync_repr(self)
         )
 
 
@@ -221,10 +187,9 @@ class AlphaBatchNorm(nn.Module):
     ),
     functional=NF.adab2n,
     params=(
-        Param("weight", "(C,)", "1 (affine=True only)"),
-        Param("bias", "(C,)", "0 (affine=True only)"),
+        *_channel.AFFINE_PARAMS,
         Param("task_weight", "(num_tasks,)", "init_weight (adapt=True only)"),
-        *_BN_BUFFERS,
+        *_channel.BN_BUFFERS,
         Param("cur_tasks", "()", "0", buffer=True),
         Param("last_eta", "()", "0 (no step yet)", buffer=True),
     ),
@@ -324,10 +289,10 @@ class AdaB2N(nn.Module):
         self.affine = bool(affine)
         self.sync = bool(sync)
         self.process_group = process_group
-        _affine_params(self, self.num_features, self.affine, factory_kwargs)
+        _channel.add_channel_affine(self, self.num_features, self.affine, factory_kwargs)
         tw = nn.Parameter(torch.empty(self.num_tasks, **factory_kwargs)) if self.adapt else None
         self.register_parameter("task_weight", tw)
-        _stats_buffers(self, self.num_features, factory_kwargs)
+        _channel.add_running_stats(self, self.num_features, True, factory_kwargs, count=True)
         self.register_buffer("cur_tasks", torch.tensor(0, dtype=torch.long, device=device))
         self.register_buffer("last_eta", torch.zeros((), **factory_kwargs))
         self.loss: Tensor | None = None
@@ -335,14 +300,13 @@ class AdaB2N(nn.Module):
 
     def reset_running_stats(self) -> None:
         """running statistics, num_batches_tracked and the eta state reset (cur_tasks kept)."""
-        self.running_mean.zero_()
-        self.running_var.fill_(1)
-        self.num_batches_tracked.zero_()
+        _channel.reset_running_stats(self)
         self.last_eta.zero_()
 
     def reset_parameters(self) -> None:
         """Running statistics, eta state and cur_tasks reset; weight = 1, bias = 0, task_weight = init_weight."""
-        _reset_bn(self)
+        _channel.reset_running_stats(self)
+        _channel.reset_channel_affine(self)
         self.last_eta.zero_()
         self.cur_tasks.zero_()
         if self.task_weight is not None:
@@ -372,9 +336,7 @@ class AdaB2N(nn.Module):
         return eta
 
     def forward(self, x: Tensor, task_ids: Tensor | None = None) -> Tensor:
-        check_channel_input(
-            x, type(self).__name__, self.num_features, ranks=(2, 3, 4), layout="(N, {C}), (N, {C}, L) or (N, {C}, H, W)"
-        )
+        _channel.check_input(self, x, (2, 3, 4), _channel.LAYOUT_1D_2D)
         if task_ids is not None:
             if not isinstance(task_ids, Tensor) or task_ids.is_floating_point() or task_ids.is_complex():
                 raise TypeError(f"AdaB2N: task_ids must be an integer tensor, got {type(task_ids).__name__}")
@@ -418,5 +380,5 @@ class AdaB2N(nn.Module):
         return (
             f"{self.num_features}, num_tasks={self.num_tasks}, kappa={self.kappa}, init_weight={self.init_weight}, "
             f"adapt={self.adapt}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
-            + (", sync=True" if self.sync else "")
+            + _channel.sync_repr(self)
         )

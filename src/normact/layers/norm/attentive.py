@@ -9,7 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from normact import functional as NF
-from normact._checks import check_channel_input, check_eps, check_int, check_momentum
+from normact._checks import check_eps, check_int, check_momentum
+from normact.layers.norm import _channel
 from normact.registry import Paper, Param, register
 
 __all__ = ["AttentiveBatchNorm"]
@@ -25,6 +26,7 @@ ATTENTIVE_BN = Paper(
 @register(
     "attentive_bn",
     kind="norm",
+    input_layout="tokens",
     paper=ATTENTIVE_BN,
     formula=(
         "x_hat = (x - mu_B) / sqrt(var_B + eps) per feature over (N, T) (running statistics in eval); "
@@ -40,9 +42,7 @@ ATTENTIVE_BN = Paper(
         Param("aux_weight", "(A, C)", "U(-1/sqrt(C), 1/sqrt(C)) (W_h; torch.nn.Linear's)"),
         Param("aux_bias", "(A,)", "U(-1/sqrt(C), 1/sqrt(C)) (b_h)"),
         Param("att_vector", "(A,)", "U(-1/sqrt(A), 1/sqrt(A))"),
-        Param("running_mean", "(C,)", "0", buffer=True),
-        Param("running_var", "(C,)", "1", buffer=True),
-        Param("num_batches_tracked", "()", "0", buffer=True),
+        *_channel.BN_BUFFERS,
     ),
     batch_dependent=True,
     stateful=True,
@@ -124,35 +124,24 @@ class AttentiveBatchNorm(nn.Module):
         self.affine = bool(affine)
         self.sync = bool(sync)
         self.process_group = process_group
-        if self.affine:
-            self.weight = nn.Parameter(torch.empty(c, **factory_kwargs))
-            self.bias = nn.Parameter(torch.empty(c, **factory_kwargs))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _channel.add_channel_affine(self, c, self.affine, factory_kwargs)
         self.gamma_weight = nn.Parameter(torch.empty(c, self.attention_dim, **factory_kwargs))
         self.beta_weight = nn.Parameter(torch.empty(c, self.attention_dim, **factory_kwargs))
         self.aux_weight = nn.Parameter(torch.empty(self.attention_dim, c, **factory_kwargs))
         self.aux_bias = nn.Parameter(torch.empty(self.attention_dim, **factory_kwargs))
         self.att_vector = nn.Parameter(torch.empty(self.attention_dim, **factory_kwargs))
-        self.register_buffer("running_mean", torch.zeros(c, **factory_kwargs))
-        self.register_buffer("running_var", torch.ones(c, **factory_kwargs))
-        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+        _channel.add_running_stats(self, c, True, factory_kwargs, count=True)
         self.reset_parameters()
 
     def reset_running_stats(self) -> None:
         """running_mean = 0, running_var = 1, num_batches_tracked = 0."""
-        self.running_mean.zero_()
-        self.running_var.fill_(1)
-        self.num_batches_tracked.zero_()
+        _channel.reset_running_stats(self)
 
     def reset_parameters(self) -> None:
         """Running statistics reset; weight = 1, bias = 0, W_gamma = W_beta = 0 (the layer is BatchNorm);
         the hidden layer as torch.nn.Linear: W_h, b_h ~ U(-1/sqrt(C), 1/sqrt(C)); v ~ U(-1/sqrt(A), 1/sqrt(A))."""
         self.reset_running_stats()
-        if self.affine:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+        _channel.reset_channel_affine(self)
         nn.init.zeros_(self.gamma_weight)
         nn.init.zeros_(self.beta_weight)
         nn.init.kaiming_uniform_(self.aux_weight, a=math.sqrt(5))
@@ -162,18 +151,11 @@ class AttentiveBatchNorm(nn.Module):
         nn.init.uniform_(self.att_vector, -bound, bound)
 
     def _check(self, x: Tensor) -> None:
-        check_channel_input(x, type(self).__name__, self.num_features, ranks=(3,), axis=-1, layout="(N, T, {C})")
+        _channel.check_input(self, x, (3,), "(N, T, {C})", axis=-1)
 
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
-        if self.training:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                momentum: float | Tensor = 1.0 / self.num_batches_tracked.to(torch.float64)
-            else:
-                momentum = self.momentum
-        else:
-            momentum = 0.0
+        momentum = _channel.momentum_factor(self) if self.training else 0.0
         return NF.attentive_batch_norm(
             x,
             self.running_mean,
@@ -213,5 +195,5 @@ class AttentiveBatchNorm(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, level={self.level!r}, attention_dim={self.attention_dim}, eps={self.eps}, "
-            f"momentum={self.momentum}, affine={self.affine}" + (", sync=True" if self.sync else "")
+            f"momentum={self.momentum}, affine={self.affine}" + _channel.sync_repr(self)
         )

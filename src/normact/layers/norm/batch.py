@@ -21,6 +21,7 @@ from normact.layers.norm._channel import (
     add_running_stats,
     reset_channel_affine,
     reset_running_stats,
+    sync_repr,
 )
 from normact.registry import Param, register
 
@@ -134,7 +135,7 @@ class _BatchNorm(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-            f"track_running_stats={self.track_running_stats}" + (", sync=True" if self.sync else "")
+            f"track_running_stats={self.track_running_stats}" + sync_repr(self)
         )
 
 

@@ -12,12 +12,12 @@ from torch import Tensor, nn
 
 from normact import functional as NF
 from normact._checks import (
-    check_channel_input,
     check_eps,
     check_float,
     check_int,
     check_momentum,
 )
+from normact.layers.norm import _channel
 from normact.layers.norm.group import InstanceNorm2d
 from normact.registry import Paper, Param, register
 
@@ -42,46 +42,6 @@ BATCH_CHANNEL_NORM = Paper(
     "Qiao, Wang, Liu, Shen, Yuille",
 )
 
-_RANKS = (2, 3, 4)
-
-
-def _check_input(module: nn.Module, x: Tensor, ranks: tuple[int, ...], layout: str) -> None:
-    check_channel_input(x, type(module).__name__, module.num_features, ranks=ranks, layout=layout)
-
-
-def _vector(n: int, present: bool, factory_kwargs: dict[str, Any]) -> nn.Parameter | None:
-    return nn.Parameter(torch.empty(n, **factory_kwargs)) if present else None
-
-
-def _add_stats(module: nn.Module, n: int, present: bool, factory_kwargs: dict[str, Any]) -> None:
-    module.register_buffer("running_mean", torch.zeros(n, **factory_kwargs) if present else None)
-    module.register_buffer("running_var", torch.ones(n, **factory_kwargs) if present else None)
-    tracked = torch.tensor(0, dtype=torch.long, device=factory_kwargs.get("device")) if present else None
-    module.register_buffer("num_batches_tracked", tracked)
-
-
-def _reset_stats(module: nn.Module) -> None:
-    if module.running_mean is not None:
-        module.running_mean.zero_()
-        module.running_var.fill_(1)
-        module.num_batches_tracked.zero_()
-
-
-def _fill(*params: Tensor | None, value: float) -> None:
-    for p in params:
-        if p is not None:
-            nn.init.constant_(p, value)
-
-
-def _momentum_factor(module: nn.Module) -> float | Tensor:
-    """Counts the batch; the running-average factor: momentum, or 1/num_batches_tracked as a tensor (no host
-    read, so torch.compile(fullgraph=True) captures the cumulative average)."""
-    module.num_batches_tracked.add_(1)
-    if module.momentum is None:
-        return 1.0 / module.num_batches_tracked.to(torch.float64)
-    return module.momentum
-
-
 # ------------------------------------------------------------------------------------ Batch Renormalization
 
 
@@ -98,11 +58,8 @@ def _momentum_factor(module: nn.Module) -> float | Tensor:
     ),
     functional=NF.batch_renorm,
     params=(
-        Param("weight", "(C,)", "1 (affine=True only)"),
-        Param("bias", "(C,)", "0 (affine=True only)"),
-        Param("running_mean", "(C,)", "0", buffer=True),
-        Param("running_var", "(C,)", "1", buffer=True),
-        Param("num_batches_tracked", "()", "0", buffer=True),
+        *_channel.AFFINE_PARAMS,
+        *_channel.BN_BUFFERS,
     ),
     batch_dependent=True,
     stateful=True,
@@ -175,24 +132,22 @@ class BatchRenorm(nn.Module):
         self.d_max = check_float("d_max", d_max, nonnegative=True)
         self.sync = bool(sync)
         self.process_group = process_group
-        self.weight = _vector(self.num_features, self.affine, factory_kwargs)
-        self.bias = _vector(self.num_features, self.affine, factory_kwargs)
-        _add_stats(self, self.num_features, True, factory_kwargs)
+        _channel.add_channel_affine(self, self.num_features, self.affine, factory_kwargs)
+        _channel.add_running_stats(self, self.num_features, True, factory_kwargs, count=True)
         self.reset_parameters()
 
     def reset_running_stats(self) -> None:
         """running_mean = 0, running_var = 1, num_batches_tracked = 0."""
-        _reset_stats(self)
+        _channel.reset_running_stats(self)
 
     def reset_parameters(self) -> None:
         """Running statistics reset; weight = 1, bias = 0."""
-        _reset_stats(self)
-        _fill(self.weight, value=1.0)
-        _fill(self.bias, value=0.0)
+        _channel.reset_running_stats(self)
+        _channel.reset_channel_affine(self)
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_input(self, x, _RANKS, "(N, {C}), (N, {C}, L) or (N, {C}, H, W)")
-        momentum = _momentum_factor(self) if self.training else 0.0
+        _channel.check_input(self, x, (2, 3, 4), _channel.LAYOUT_1D_2D)
+        momentum = _channel.momentum_factor(self) if self.training else 0.0
         return NF.batch_renorm(
             x,
             self.running_mean,
@@ -211,7 +166,7 @@ class BatchRenorm(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-            f"r_max={self.r_max}, d_max={self.d_max}" + (", sync=True" if self.sync else "")
+            f"r_max={self.r_max}, d_max={self.d_max}" + _channel.sync_repr(self)
         )
 
 
@@ -303,27 +258,25 @@ class IBN(nn.Module):
         self.sync = bool(sync)
         self.process_group = process_group
         has_in, has_bn = self.half > 0, self.half < self.num_features
-        self.in_weight = _vector(self.half, self.affine and has_in, factory_kwargs)
-        self.in_bias = _vector(self.half, self.affine and has_in, factory_kwargs)
-        self.bn_weight = _vector(self.num_features - self.half, self.affine and has_bn, factory_kwargs)
-        self.bn_bias = _vector(self.num_features - self.half, self.affine and has_bn, factory_kwargs)
-        _add_stats(self, self.num_features - self.half, self.track_running_stats and has_bn, factory_kwargs)
+        rest = self.num_features - self.half
+        _channel.add_channel_affine(self, self.half, self.affine and has_in, factory_kwargs, ("in_weight", "in_bias"))
+        _channel.add_channel_affine(self, rest, self.affine and has_bn, factory_kwargs, ("bn_weight", "bn_bias"))
+        _channel.add_running_stats(self, rest, self.track_running_stats and has_bn, factory_kwargs, count=True)
         self.reset_parameters()
 
     def reset_running_stats(self) -> None:
         """running_mean = 0, running_var = 1, num_batches_tracked = 0 (BN half)."""
-        _reset_stats(self)
+        _channel.reset_running_stats(self)
 
     def reset_parameters(self) -> None:
         """Running statistics reset; weights = 1, biases = 0."""
-        _reset_stats(self)
-        _fill(self.in_weight, self.bn_weight, value=1.0)
-        _fill(self.in_bias, self.bn_bias, value=0.0)
+        _channel.reset_running_stats(self)
+        _channel.reset_channel_affine(self, ("in_weight", "bn_weight"), ("in_bias", "bn_bias"))
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_input(self, x, (4,), "(N, {C}, H, W)")
+        _channel.check_input(self, x, (4,), _channel.LAYOUT_2D)
         update = self.training and self.running_mean is not None
-        momentum = _momentum_factor(self) if update else 0.0
+        momentum = _channel.momentum_factor(self) if update else 0.0
         return NF.ibn(
             x,
             self.half,
@@ -343,8 +296,7 @@ class IBN(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, ratio={self.ratio}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, track_running_stats={self.track_running_stats}"
-            + (", sync=True" if self.sync else "")
+            f"affine={self.affine}, track_running_stats={self.track_running_stats}" + _channel.sync_repr(self)
         )
 
 
@@ -363,13 +315,10 @@ class IBN(nn.Module):
     ),
     functional=NF.batch_channel_norm,
     params=(
-        Param("weight", "(C,)", "1 (affine=True only)"),
-        Param("bias", "(C,)", "0 (affine=True only)"),
+        *_channel.AFFINE_PARAMS,
         Param("group_weight", "(G,)", "1 (affine=True only)"),
         Param("group_bias", "(G,)", "0 (affine=True only)"),
-        Param("running_mean", "(C,)", "0", buffer=True),
-        Param("running_var", "(C,)", "1", buffer=True),
-        Param("num_batches_tracked", "()", "0", buffer=True),
+        *_channel.BN_BUFFERS,
     ),
     batch_dependent=True,
     stateful=True,
@@ -441,25 +390,22 @@ class BatchChannelNorm(nn.Module):
         self.affine = bool(affine)
         self.sync = bool(sync)
         self.process_group = process_group
-        self.weight = _vector(self.num_features, self.affine, factory_kwargs)
-        self.bias = _vector(self.num_features, self.affine, factory_kwargs)
-        self.group_weight = _vector(self.num_groups, self.affine, factory_kwargs)
-        self.group_bias = _vector(self.num_groups, self.affine, factory_kwargs)
-        _add_stats(self, self.num_features, True, factory_kwargs)
+        _channel.add_channel_affine(self, self.num_features, self.affine, factory_kwargs)
+        _channel.add_channel_affine(self, self.num_groups, self.affine, factory_kwargs, ("group_weight", "group_bias"))
+        _channel.add_running_stats(self, self.num_features, True, factory_kwargs, count=True)
         self.reset_parameters()
 
     def reset_running_stats(self) -> None:
         """running_mean = 0, running_var = 1, num_batches_tracked = 0."""
-        _reset_stats(self)
+        _channel.reset_running_stats(self)
 
     def reset_parameters(self) -> None:
         """Running statistics reset; weights = 1, biases = 0."""
-        _reset_stats(self)
-        _fill(self.weight, self.group_weight, value=1.0)
-        _fill(self.bias, self.group_bias, value=0.0)
+        _channel.reset_running_stats(self)
+        _channel.reset_channel_affine(self, ("weight", "group_weight"), ("bias", "group_bias"))
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_input(self, x, _RANKS, "(N, {C}), (N, {C}, L) or (N, {C}, H, W)")
+        _channel.check_input(self, x, (2, 3, 4), _channel.LAYOUT_1D_2D)
         if self.training:
             self.num_batches_tracked.add_(1)
         return NF.batch_channel_norm(
@@ -481,7 +427,7 @@ class BatchChannelNorm(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, num_groups={self.num_groups}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}" + (", sync=True" if self.sync else "")
+            f"affine={self.affine}" + _channel.sync_repr(self)
         )
 
 

@@ -9,7 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from normact import functional as NF
-from normact._checks import check_channel_input, check_eps, check_int, check_momentum
+from normact._checks import check_eps, check_int, check_momentum
+from normact.layers.norm import _channel
 from normact.registry import Paper, Param, register
 
 __all__ = ["CrossMiniBatchNorm"]
@@ -35,11 +36,8 @@ YOLOV4 = Paper(
     ),
     functional=NF.cross_minibatch_norm,
     params=(
-        Param("weight", "(C,)", "1 (affine=True only)"),
-        Param("bias", "(C,)", "0 (affine=True only)"),
-        Param("running_mean", "(C,)", "0", buffer=True),
-        Param("running_var", "(C,)", "1", buffer=True),
-        Param("num_batches_tracked", "()", "0", buffer=True),
+        *_channel.AFFINE_PARAMS,
+        *_channel.BN_BUFFERS,
         Param("accum_mean", "(C,)", "0 (pooled mean of this batch's mini-batches so far)", buffer=True),
         Param("accum_var", "(C,)", "1 (pooled biased variance of this batch's mini-batches so far)", buffer=True),
         Param("accum_count", "()", "0 (values pooled so far, int64)", buffer=True),
@@ -126,11 +124,8 @@ class CrossMiniBatchNorm(nn.Module):
         self.sync = bool(sync)
         self.process_group = process_group
         c = self.num_features
-        self.weight = nn.Parameter(torch.empty(c, **factory_kwargs)) if self.affine else None
-        self.bias = nn.Parameter(torch.empty(c, **factory_kwargs)) if self.affine else None
-        self.register_buffer("running_mean", torch.empty(c, **factory_kwargs))
-        self.register_buffer("running_var", torch.empty(c, **factory_kwargs))
-        self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long, device=device))
+        _channel.add_channel_affine(self, c, self.affine, factory_kwargs)
+        _channel.add_running_stats(self, c, True, factory_kwargs, count=True)
         self.register_buffer("accum_mean", torch.empty(c, **factory_kwargs))
         self.register_buffer("accum_var", torch.empty(c, **factory_kwargs))
         self.register_buffer("accum_count", torch.zeros((), dtype=torch.long, device=device))
@@ -146,27 +141,17 @@ class CrossMiniBatchNorm(nn.Module):
 
     def reset_running_stats(self) -> None:
         """running_mean = 0, running_var = 1, num_batches_tracked = 0, and the accumulation cleared."""
-        self.running_mean.zero_()
-        self.running_var.fill_(1.0)
-        self.num_batches_tracked.zero_()
+        _channel.reset_running_stats(self)
         self.reset_accumulation()
 
     def reset_parameters(self) -> None:
         """Running statistics and accumulation reset; weight = 1, bias = 0."""
         self.reset_running_stats()
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+        _channel.reset_channel_affine(self)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_channel_input(
-            x, type(self).__name__, self.num_features, ranks=(2, 3, 4), layout="(N, {C}), (N, {C}, L) or (N, {C}, H, W)"
-        )
-        momentum: float | Tensor = 0.0
-        if self.training:
-            self.num_batches_tracked.add_(1)
-            # cumulative average as a tensor factor: no host read, capturable
-            momentum = 1.0 / self.num_batches_tracked.to(torch.float64) if self.momentum is None else self.momentum
+        _channel.check_input(self, x, (2, 3, 4), _channel.LAYOUT_1D_2D)
+        momentum = _channel.momentum_factor(self) if self.training else 0.0
         return NF.cross_minibatch_norm(
             x,
             self.running_mean,
@@ -188,5 +173,5 @@ class CrossMiniBatchNorm(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, accum_steps={self.accum_steps}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}" + (", sync=True" if self.sync else "")
+            f"affine={self.affine}" + _channel.sync_repr(self)
         )

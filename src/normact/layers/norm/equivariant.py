@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from normact import functional as NF
 from normact._checks import check_eps, check_int, check_tensor, shape_str
+from normact.layers.norm import _channel
 from normact.registry import Paper, Param, register
 
 __all__ = ["SeparableLayerNorm"]
@@ -25,6 +26,8 @@ _NORMALIZATIONS = ("component", "norm")
 @register(
     "separable_layernorm",
     kind="norm",
+    drop_in=False,
+    input_layout="tokens",
     paper=EQUIFORMER_V2,
     formula=(
         "input (*, (lmax+1)^2, C) of spherical-harmonic coefficients; degree 0: LayerNorm over C, "
@@ -109,19 +112,13 @@ class SeparableLayerNorm(nn.Module):
             raise ValueError(f"normalization must be one of {_NORMALIZATIONS}, got {normalization!r}")
         self.normalization = normalization
         self.std_balance_degrees = bool(std_balance_degrees)
-        if self.affine:
-            self.weight = nn.Parameter(torch.empty(self.lmax + 1, self.num_features, **factory_kwargs))
-            self.bias = nn.Parameter(torch.empty(self.num_features, **factory_kwargs))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _channel.add_channel_affine(self, (self.lmax + 1, self.num_features), self.affine, factory_kwargs, ("weight",))
+        _channel.add_channel_affine(self, self.num_features, self.affine, factory_kwargs, ("bias",))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """weight = 1, bias = 0."""
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+        _channel.reset_channel_affine(self)
 
     def forward(self, x: Tensor) -> Tensor:
         check_tensor(x, type(self).__name__)

@@ -10,12 +10,11 @@ from torch import Tensor, nn
 
 from normact import functional as NF
 from normact._checks import (
-    check_channel_input,
     check_eps,
     check_int,
     check_momentum,
 )
-from normact.layers.norm._channel import add_channel_affine, reset_channel_affine
+from normact.layers.norm._channel import LAYOUT_2D, add_channel_affine, check_input, reset_channel_affine, sync_repr
 from normact.registry import Paper, Param, register
 
 __all__ = [
@@ -43,10 +42,6 @@ _B_STATS = (
 _S_STATS = "per sample over each group of C/G channels and (H, W)"
 _NO_ACT = "; apply_act=False: y = x * weight + bias (no normalization, as timm)"
 _NO_ACT_A = "; apply_act=False drops only the gate"
-
-
-def _check_input(module: nn.Module, x: Tensor) -> None:
-    check_channel_input(x, type(module).__name__, module.num_features, ranks=(4,), layout="(N, {C}, H, W)")
 
 
 def _add_v(module: nn.Module, num_features: int, present: bool, factory_kwargs: dict) -> None:
@@ -106,7 +101,7 @@ class _EvoNormB(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-            f"apply_act={self.apply_act}" + (", sync=True" if self.sync else "")
+            f"apply_act={self.apply_act}" + sync_repr(self)
         )
 
 
@@ -175,7 +170,7 @@ class EvoNorm2dB0(_EvoNormB):
         super().__init__(num_features, eps, momentum, affine, apply_act, sync, process_group, device, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_input(self, x)
+        check_input(self, x, (4,), LAYOUT_2D)
         return NF.evonorm_b0(
             x,
             self.running_var,
@@ -233,7 +228,7 @@ class EvoNorm2dB1(_EvoNormB):
         super().__init__(num_features, eps, momentum, affine, apply_act, sync, process_group, device, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_input(self, x)
+        check_input(self, x, (4,), LAYOUT_2D)
         return NF.evonorm_b1(
             x,
             self.running_var,
@@ -290,7 +285,7 @@ class EvoNorm2dB2(_EvoNormB):
         super().__init__(num_features, eps, momentum, affine, apply_act, sync, process_group, device, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_input(self, x)
+        check_input(self, x, (4,), LAYOUT_2D)
         return NF.evonorm_b2(
             x,
             self.running_var,
@@ -428,7 +423,7 @@ class EvoNorm2dS0(_S0Base):
         super().__init__(num_features, num_groups, eps, affine, apply_act, group_size, device, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_input(self, x)
+        check_input(self, x, (4,), LAYOUT_2D)
         return NF.evonorm_s0(x, self.num_groups, self.weight, self.bias, self.v, self.eps, self.apply_act)
 
 
@@ -472,7 +467,7 @@ class EvoNorm2dS0a(_S0Base):
         super().__init__(num_features, num_groups, eps, affine, apply_act, group_size, device, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_input(self, x)
+        check_input(self, x, (4,), LAYOUT_2D)
         return NF.evonorm_s0a(x, self.num_groups, self.weight, self.bias, self.v, self.eps, self.apply_act)
 
 
@@ -516,7 +511,7 @@ class EvoNorm2dS1(_EvoNormS):
         super().__init__(num_features, num_groups, eps, affine, apply_act, group_size, device, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_input(self, x)
+        check_input(self, x, (4,), LAYOUT_2D)
         return NF.evonorm_s1(x, self.num_groups, self.weight, self.bias, self.eps, self.apply_act)
 
 
@@ -559,7 +554,7 @@ class EvoNorm2dS1a(_EvoNormS):
         super().__init__(num_features, num_groups, eps, affine, apply_act, group_size, device, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_input(self, x)
+        check_input(self, x, (4,), LAYOUT_2D)
         return NF.evonorm_s1a(x, self.num_groups, self.weight, self.bias, self.eps, self.apply_act)
 
 
@@ -604,7 +599,7 @@ class EvoNorm2dS2(_EvoNormS):
         super().__init__(num_features, num_groups, eps, affine, apply_act, group_size, device, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_input(self, x)
+        check_input(self, x, (4,), LAYOUT_2D)
         return NF.evonorm_s2(x, self.num_groups, self.weight, self.bias, self.eps, self.apply_act)
 
 
@@ -649,5 +644,5 @@ class EvoNorm2dS2a(_EvoNormS):
         super().__init__(num_features, num_groups, eps, affine, apply_act, group_size, device, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_input(self, x)
+        check_input(self, x, (4,), LAYOUT_2D)
         return NF.evonorm_s2a(x, self.num_groups, self.weight, self.bias, self.eps, self.apply_act)

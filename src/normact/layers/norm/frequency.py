@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from normact import functional as NF
-from normact._checks import check_channel_input, check_eps, check_float, check_int, check_momentum
+from normact._checks import check_eps, check_float, check_int, check_momentum
+from normact.layers.norm import _channel
 from normact.registry import Paper, Param, register
 
 __all__ = ["CCNorm", "PCNorm", "SCNorm"]
@@ -34,42 +35,6 @@ DAC = Paper(
     "2303.02328",
     "Lee, Bae, Kim",
 )
-
-_LAYOUT = "(N, {C}, H, W)"
-
-
-def _vector(n: int, present: bool, factory_kwargs: dict[str, Any]) -> nn.Parameter | None:
-    return nn.Parameter(torch.empty(n, **factory_kwargs)) if present else None
-
-
-def _add_stats(module: nn.Module, n: int, present: bool, factory_kwargs: dict[str, Any]) -> None:
-    module.register_buffer("running_mean", torch.zeros(n, **factory_kwargs) if present else None)
-    module.register_buffer("running_var", torch.ones(n, **factory_kwargs) if present else None)
-    tracked = torch.tensor(0, dtype=torch.long, device=factory_kwargs.get("device")) if present else None
-    module.register_buffer("num_batches_tracked", tracked)
-
-
-def _reset(module: nn.Module) -> None:
-    if getattr(module, "running_mean", None) is not None:
-        module.running_mean.zero_()
-        module.running_var.fill_(1)
-        module.num_batches_tracked.zero_()
-    if module.weight is not None:
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-    if getattr(module, "mix_logit", None) is not None:
-        nn.init.zeros_(module.mix_logit)
-
-
-def _momentum_factor(module: nn.Module) -> float | Tensor:
-    """Counts a training batch; the running-average factor: momentum, or 1/num_batches_tracked as a tensor
-    (no host read, so torch.compile(fullgraph=True) captures the cumulative average)."""
-    if not module.training or module.running_mean is None:
-        return 0.0
-    module.num_batches_tracked.add_(1)
-    if module.momentum is None:
-        return 1.0 / module.num_batches_tracked.to(torch.float64)
-    return module.momentum
 
 
 class _SpectralBatchNorm(nn.Module):
@@ -93,27 +58,22 @@ class _SpectralBatchNorm(nn.Module):
         self.track_running_stats = bool(track_running_stats)
         self.sync = bool(sync)
         self.process_group = process_group
-        self.weight = _vector(self.num_features, self.affine, factory_kwargs)
-        self.bias = _vector(self.num_features, self.affine, factory_kwargs)
-        _add_stats(self, self.num_features, self.track_running_stats, factory_kwargs)
+        _channel.add_channel_affine(self, self.num_features, self.affine, factory_kwargs)
+        _channel.add_running_stats(self, self.num_features, self.track_running_stats, factory_kwargs, count=True)
 
     def reset_running_stats(self) -> None:
         """running_mean = 0, running_var = 1, num_batches_tracked = 0."""
-        if self.running_mean is not None:
-            self.running_mean.zero_()
-            self.running_var.fill_(1)
-            self.num_batches_tracked.zero_()
+        _channel.reset_running_stats(self)
 
     def _repr(self) -> str:
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-            f"track_running_stats={self.track_running_stats}" + (", sync=True" if self.sync else "")
+            f"track_running_stats={self.track_running_stats}" + _channel.sync_repr(self)
         )
 
 
 _BN_PARAMS = (
-    Param("weight", "(C,)", "1 (affine=True only)"),
-    Param("bias", "(C,)", "0 (affine=True only)"),
+    *_channel.AFFINE_PARAMS,
     Param("running_mean", "(C,)", "0 (track_running_stats=True only)", buffer=True),
     Param("running_var", "(C,)", "1 (track_running_stats=True only)", buffer=True),
     Param("num_batches_tracked", "()", "0 (track_running_stats=True only)", buffer=True),
@@ -198,11 +158,13 @@ class PCNorm(_SpectralBatchNorm):
 
     def reset_parameters(self) -> None:
         """Running statistics reset; weight = 1, bias = 0."""
-        _reset(self)
+        _channel.reset_running_stats(self)
+        _channel.reset_channel_affine(self)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_channel_input(x, type(self).__name__, self.num_features, ranks=(4,), layout=_LAYOUT)
-        momentum = _momentum_factor(self)
+        _channel.check_input(self, x, (4,), _channel.LAYOUT_2D)
+        update = self.training and self.running_mean is not None
+        momentum = _channel.momentum_factor(self) if update else 0.0
         return NF.pc_norm(
             x,
             self.running_mean,
@@ -299,11 +261,14 @@ class CCNorm(_SpectralBatchNorm):
 
     def reset_parameters(self) -> None:
         """Running statistics reset; weight = 1, bias = 0, mix_logit = 0."""
-        _reset(self)
+        _channel.reset_running_stats(self)
+        _channel.reset_channel_affine(self)
+        nn.init.zeros_(self.mix_logit)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_channel_input(x, type(self).__name__, self.num_features, ranks=(4,), layout=_LAYOUT)
-        momentum = _momentum_factor(self)
+        _channel.check_input(self, x, (4,), _channel.LAYOUT_2D)
+        update = self.training and self.running_mean is not None
+        momentum = _channel.momentum_factor(self) if update else 0.0
         return NF.cc_norm(
             x,
             self.running_mean,
@@ -337,8 +302,7 @@ class CCNorm(_SpectralBatchNorm):
     ),
     functional=NF.sc_norm,
     params=(
-        Param("weight", "(C,)", "1 (affine=True only)"),
-        Param("bias", "(C,)", "0 (affine=True only)"),
+        *_channel.AFFINE_PARAMS,
         Param("mix_logit", "()", "0 (lambda = 0.5)"),
     ),
     smooth=False,
@@ -390,17 +354,17 @@ class SCNorm(nn.Module):
         self.eps = check_eps(eps)
         self.affine = bool(affine)
         self.temperature = check_float("temperature", temperature, positive=True)
-        self.weight = _vector(self.num_features, self.affine, factory_kwargs)
-        self.bias = _vector(self.num_features, self.affine, factory_kwargs)
+        _channel.add_channel_affine(self, self.num_features, self.affine, factory_kwargs)
         self.mix_logit = nn.Parameter(torch.empty((), **factory_kwargs))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """weight = 1, bias = 0, mix_logit = 0."""
-        _reset(self)
+        _channel.reset_channel_affine(self)
+        nn.init.zeros_(self.mix_logit)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_channel_input(x, type(self).__name__, self.num_features, ranks=(4,), layout=_LAYOUT)
+        _channel.check_input(self, x, (4,), _channel.LAYOUT_2D)
         return NF.sc_norm(x, self.mix_logit, self.weight, self.bias, self.eps, self.temperature)
 
     def extra_repr(self) -> str:

@@ -10,8 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from normact import functional as NF
-from normact._checks import check_channel_input, check_eps, check_float, check_int, check_momentum
-from normact.layers.norm._channel import add_channel_affine, reset_channel_affine
+from normact._checks import check_eps, check_float, check_int, check_momentum
+from normact.layers.norm import _channel
 from normact.layers.norm.layer import _AFFINE_PARAMS, _LastDimNorm
 from normact.registry import Paper, Param, register
 
@@ -104,8 +104,7 @@ class L1LayerNorm(_LastDimNorm):
     ),
     functional=NF.l1_batch_norm,
     params=(
-        Param("weight", "(C,)", "1 (affine=True only)"),
-        Param("bias", "(C,)", "0 (affine=True only)"),
+        *_channel.AFFINE_PARAMS,
         Param("running_mean", "(C,)", "0", buffer=True),
         Param("running_dev", "(C,)", "1", buffer=True),
         Param("num_batches_tracked", "()", "0", buffer=True),
@@ -173,35 +172,23 @@ class L1BatchNorm(nn.Module):
         self.scale = check_float("scale", scale, positive=True)
         self.sync = bool(sync)
         self.process_group = process_group
-        add_channel_affine(self, self.num_features, self.affine, factory_kwargs)
+        _channel.add_channel_affine(self, self.num_features, self.affine, factory_kwargs)
         track = self.track_running_stats
-        self.register_buffer("running_mean", torch.zeros(self.num_features, **factory_kwargs) if track else None)
-        self.register_buffer("running_dev", torch.ones(self.num_features, **factory_kwargs) if track else None)
-        counter = torch.tensor(0, dtype=torch.long, device=device) if track else None
-        self.register_buffer("num_batches_tracked", counter)
+        _channel.add_running_stats(self, self.num_features, track, factory_kwargs, count=True, var_name="running_dev")
         self.reset_parameters()
 
     def reset_running_stats(self) -> None:
         """running_mean = 0, running_dev = 1, num_batches_tracked = 0."""
-        if self.running_mean is not None:
-            self.running_mean.zero_()
-            self.running_dev.fill_(1)
-            self.num_batches_tracked.zero_()
+        _channel.reset_running_stats(self, var_name="running_dev")
 
     def reset_parameters(self) -> None:
         """Running statistics reset; weight = 1, bias = 0."""
         self.reset_running_stats()
-        reset_channel_affine(self)
+        _channel.reset_channel_affine(self)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_channel_input(
-            x, type(self).__name__, self.num_features, ranks=(2, 3, 4), layout="(N, {C}), (N, {C}, L) or (N, {C}, H, W)"
-        )
-        momentum: float | Tensor = 0.0
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-            # momentum=None: a tensor factor 1/n, no host read, so torch.compile captures it
-            momentum = 1.0 / self.num_batches_tracked.to(torch.float64) if self.momentum is None else self.momentum
+        _channel.check_input(self, x, (2, 3, 4), _channel.LAYOUT_1D_2D)
+        momentum = _channel.momentum_factor(self) if self.training and self.track_running_stats else 0.0
         return NF.l1_batch_norm(
             x,
             self.running_mean,
@@ -219,6 +206,5 @@ class L1BatchNorm(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-            f"track_running_stats={self.track_running_stats}, scale={self.scale:.6g}"
-            + (", sync=True" if self.sync else "")
+            f"track_running_stats={self.track_running_stats}, scale={self.scale:.6g}" + _channel.sync_repr(self)
         )

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from normact import functional as NF
-from normact._checks import check_eps, normalize_shape
+from normact.layers.norm.layer import _LastDimNorm
 from normact.registry import Paper, Param, register
 
 __all__ = ["MSLayerNorm", "MSRMSNorm", "merge_affine_into"]
@@ -69,56 +69,13 @@ def merge_affine_into(norm: nn.Module, *linears: nn.Linear) -> nn.Module:
     return norm
 
 
-class _MSNorm(nn.Module):
-    """Shared constructor: normalized shape, eps, affine switches, factory kwargs."""
-
-    __constants__ = ["normalized_shape", "eps", "elementwise_affine"]
-    normalized_shape: tuple[int, ...]
-
-    def __init__(
-        self,
-        normalized_shape: int | Sequence[int],
-        eps: float | None,
-        elementwise_affine: bool,
-        bias: bool,
-        *,
-        allow_none_eps: bool = False,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        factory_kwargs = {"device": device, "dtype": dtype}
-        self.normalized_shape = normalize_shape(normalized_shape)
-        self.eps = check_eps(eps, allow_none=allow_none_eps)
-        self.elementwise_affine = bool(elementwise_affine)
-        if self.elementwise_affine:
-            self.weight = nn.Parameter(torch.empty(self.normalized_shape, **factory_kwargs))
-            if bias:
-                self.bias = nn.Parameter(torch.empty(self.normalized_shape, **factory_kwargs))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """weight = 1, bias = 0 (when present)."""
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+class _MSNorm(_LastDimNorm):
+    """Shared constructor: normalized shape, eps, affine switches, factory kwargs (those of LayerNorm)."""
 
     def merge_affine_into(self, *linears: nn.Linear) -> _MSNorm:
         """Fold this norm's weight/bias into the following ``nn.Linear`` layer(s) and drop them, so that the
         memory is shared (see :func:`merge_affine_into`). Returns ``self``."""
         return merge_affine_into(self, *linears)
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
-            f"bias={self.bias is not None}"
-        )
 
 
 _AFFINE_PARAMS = (

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from normact import functional as NF
 from normact._checks import check_eps, check_float, check_int, check_tensor, check_trailing, shape_str
+from normact.layers.norm._channel import add_learnable
 from normact.registry import Paper, Param, register
 
 __all__ = ["MessageNorm"]
@@ -17,6 +18,8 @@ DEEPER_GCN = Paper("DeeperGCN: All You Need to Train Deeper GCNs", 2020, "2006.0
 @register(
     "msg_norm",
     kind="norm",
+    drop_in=False,
+    input_layout="tokens",
     paper=DEEPER_GCN,
     formula=(
         "y = s * ||x||_p * msg / max(||msg||_p, eps) per node (norms over the last dim); the caller forms "
@@ -75,11 +78,7 @@ class MessageNorm(nn.Module):
         self.learn_scale = bool(learn_scale)
         self.p = check_float("p", p, positive=True)
         self.eps = check_eps(eps)
-        scale = torch.empty(1, device=device, dtype=dtype)
-        if self.learn_scale:
-            self.scale = nn.Parameter(scale)
-        else:
-            self.register_buffer("scale", scale)
+        add_learnable(self, "scale", torch.empty(1, device=device, dtype=dtype), self.learn_scale)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

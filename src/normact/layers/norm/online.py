@@ -9,7 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from normact import functional as NF
-from normact._checks import check_channel_input, check_eps, check_float, check_int
+from normact._checks import check_eps, check_float, check_int
+from normact.layers.norm import _channel
 from normact.registry import Paper, Param, register
 
 __all__ = ["OnlineNorm"]
@@ -36,8 +37,7 @@ ONLINE_NORM = Paper(
     ),
     functional=NF.online_norm,
     params=(
-        Param("weight", "(C,)", "1 (affine=True only)"),
-        Param("bias", "(C,)", "0 (affine=True only)"),
+        *_channel.AFFINE_PARAMS,
         Param("running_mean", "(C,)", "0 (the mean stream mu)", buffer=True),
         Param("running_var", "(C,)", "1 (the variance stream sigma^2)", buffer=True),
         Param("error_1", "(C,)", "0 (the backward accumulator e^(1), official u)", buffer=True),
@@ -144,32 +144,25 @@ class OnlineNorm(nn.Module):
         self.sync = bool(sync)
         self.process_group = process_group
         c = self.num_features
-        self.weight = nn.Parameter(torch.empty(c, **factory_kwargs)) if self.affine else None
-        self.bias = nn.Parameter(torch.empty(c, **factory_kwargs)) if self.affine else None
-        self.register_buffer("running_mean", torch.empty(c, **factory_kwargs))
-        self.register_buffer("running_var", torch.empty(c, **factory_kwargs))
+        _channel.add_channel_affine(self, c, self.affine, factory_kwargs)
+        _channel.add_running_stats(self, c, True, factory_kwargs, count=False)
         self.register_buffer("error_1", torch.empty(c, **factory_kwargs))
         self.register_buffer("error_y", torch.empty(c, **factory_kwargs))
         self.reset_parameters()
 
     def reset_running_stats(self) -> None:
         """Streams back to mean 0 and variance 1, accumulators to 0."""
-        self.running_mean.zero_()
-        self.running_var.fill_(1.0)
+        _channel.reset_running_stats(self)
         self.error_1.zero_()
         self.error_y.zero_()
 
     def reset_parameters(self) -> None:
         """Streams and accumulators reset; weight = 1, bias = 0."""
         self.reset_running_stats()
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+        _channel.reset_channel_affine(self)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_channel_input(
-            x, type(self).__name__, self.num_features, ranks=(2, 3, 4), layout="(N, {C}), (N, {C}, L) or (N, {C}, H, W)"
-        )
+        _channel.check_input(self, x, (2, 3, 4), _channel.LAYOUT_1D_2D)
         return NF.online_norm(
             x,
             self.running_mean,
@@ -190,5 +183,5 @@ class OnlineNorm(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, alpha_fwd={self.alpha_fwd}, alpha_bkw={self.alpha_bkw}, eps={self.eps}, "
-            f"affine={self.affine}, layer_scaling={self.layer_scaling}" + (", sync=True" if self.sync else "")
+            f"affine={self.affine}, layer_scaling={self.layer_scaling}" + _channel.sync_repr(self)
         )

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from normact import functional as NF
 from normact._checks import check_channel_input, check_eps, check_float, check_int
+from normact.layers.norm import _channel
 from normact.registry import Paper, Param, register
 
 __all__ = ["PowerNorm"]
@@ -26,6 +27,7 @@ POWER_NORM = Paper(
 @register(
     "powernorm",
     kind="norm",
+    input_layout="tokens",
     paper=POWER_NORM,
     formula=(
         "u = x (or GroupScaling1D(x) with group_num); training step t: psi_B^2 = mean(u^2) per channel over the "
@@ -37,8 +39,7 @@ POWER_NORM = Paper(
     ),
     functional=NF.power_norm,
     params=(
-        Param("weight", "(C,)", "1 (affine=True only)"),
-        Param("bias", "(C,)", "0 (affine=True only)"),
+        *_channel.AFFINE_PARAMS,
         Param("running_phi", "(C,)", "1", buffer=True),
         Param("ema_gz", "(C,)", "0", buffer=True),
         Param("iters", "()", "0", buffer=True),
@@ -154,12 +155,7 @@ class PowerNorm(nn.Module):
         self.approx_backward = bool(approx_backward)
         self.sync = bool(sync)
         self.process_group = process_group
-        if self.affine:
-            self.weight = nn.Parameter(torch.empty(self.num_features, **factory_kwargs))
-            self.bias = nn.Parameter(torch.empty(self.num_features, **factory_kwargs))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _channel.add_channel_affine(self, self.num_features, self.affine, factory_kwargs)
         self.register_buffer("running_phi", torch.empty(self.num_features, **factory_kwargs))
         self.register_buffer("ema_gz", torch.empty(self.num_features, **factory_kwargs))
         self.register_buffer("iters", torch.zeros((), dtype=torch.long, device=device))
@@ -174,9 +170,7 @@ class PowerNorm(nn.Module):
     def reset_parameters(self) -> None:
         """Running statistics reset; weight = 1, bias = 0."""
         self.reset_running_stats()
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+        _channel.reset_channel_affine(self)
 
     def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> Tensor:
         check_channel_input(x, "PowerNorm", self.num_features, ranks=(2, 3), axis=-1, layout="(N, {C}) or (N, L, {C})")
@@ -209,5 +203,5 @@ class PowerNorm(nn.Module):
             f"affine={self.affine}, warmup_iters={self.warmup_iters}"
             + (f", group_num={self.group_num}" if self.group_num is not None else "")
             + ("" if self.approx_backward else ", approx_backward=False")
-            + (", sync=True" if self.sync else "")
+            + _channel.sync_repr(self)
         )

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from normact import functional as NF
 from normact._checks import check_channel_input, check_eps, check_int
+from normact.layers.norm import _channel
 from normact.registry import Paper, Param, register
 
 __all__ = ["RescaleNorm"]
@@ -19,6 +20,7 @@ DEHAZEFORMER = Paper("Vision Transformers for Single Image Dehazing", 2022, "220
 @register(
     "rescale_norm",
     kind="norm",
+    drop_in=False,
     paper=DEHAZEFORMER,
     formula=(
         "returns (y, rescale, rebias): mu = mean(x), sigma = sqrt(mean((x - mu)^2) + eps) per sample over "
@@ -28,8 +30,7 @@ DEHAZEFORMER = Paper("Vision Transformers for Single Image Dehazing", 2022, "220
     ),
     functional=NF.rescale_norm,
     params=(
-        Param("weight", "(C,)", "1 (affine=True only)"),
-        Param("bias", "(C,)", "0 (affine=True only)"),
+        *_channel.AFFINE_PARAMS,
         Param("rescale_weight", "(C,)", "trunc_normal(std=0.02, bounds [-2, 2]) (official meta1.weight)"),
         Param("rescale_bias", "(C,)", "1 (official meta1.bias)"),
         Param("rebias_weight", "(C,)", "trunc_normal(std=0.02, bounds [-2, 2]) (official meta2.weight)"),
@@ -90,8 +91,7 @@ class RescaleNorm(nn.Module):
         self.detach_grad = bool(detach_grad)
         self.affine = bool(affine)
         c = self.num_features
-        self.weight = nn.Parameter(torch.empty(c, **fk)) if self.affine else None
-        self.bias = nn.Parameter(torch.empty(c, **fk)) if self.affine else None
+        _channel.add_channel_affine(self, c, self.affine, fk)
         self.rescale_weight = nn.Parameter(torch.empty(c, **fk))
         self.rescale_bias = nn.Parameter(torch.empty(c, **fk))
         self.rebias_weight = nn.Parameter(torch.empty(c, **fk))
@@ -100,9 +100,7 @@ class RescaleNorm(nn.Module):
 
     def reset_parameters(self) -> None:
         """weight 1, bias 0; rescale_weight and rebias_weight trunc_normal(std 0.02), rescale_bias 1, rebias_bias 0."""
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+        _channel.reset_channel_affine(self)
         nn.init.trunc_normal_(self.rescale_weight, std=0.02, a=-2.0, b=2.0)
         nn.init.ones_(self.rescale_bias)
         nn.init.trunc_normal_(self.rebias_weight, std=0.02, a=-2.0, b=2.0)

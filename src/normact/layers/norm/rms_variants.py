@@ -13,6 +13,7 @@ from normact import functional as NF
 from normact._checks import check_eps, check_float, normalize_shape
 from normact.functional.rms_variants import check_p, partial_size
 from normact.layers import papers
+from normact.layers.norm.layer import _LastDimNorm
 from normact.registry import Paper, Param, register
 
 __all__ = ["CRMSNorm", "FixNorm", "PartialRMSNorm", "SimpleRMSNorm"]
@@ -29,51 +30,6 @@ PRE_CRMS_NORM = Paper(
     "2305.14858",
     "Jiang, Gu, Zhu, Pan",
 )
-
-
-class _AffineLastDimNorm(nn.Module):
-    """Shared constructor of the variants with a per-element gain (and optional bias) over the last dims."""
-
-    __constants__ = ["normalized_shape", "eps", "elementwise_affine"]
-    normalized_shape: tuple[int, ...]
-
-    def __init__(
-        self,
-        normalized_shape: int | Sequence[int],
-        eps: float,
-        elementwise_affine: bool,
-        bias: bool,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        factory_kwargs = {"device": device, "dtype": dtype}
-        self.normalized_shape = normalize_shape(normalized_shape)
-        self.eps = check_eps(eps)
-        self.elementwise_affine = bool(elementwise_affine)
-        if self.elementwise_affine:
-            self.weight = nn.Parameter(torch.empty(self.normalized_shape, **factory_kwargs))
-            if bias:
-                self.bias = nn.Parameter(torch.empty(self.normalized_shape, **factory_kwargs))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """weight = 1, bias = 0."""
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
-            f"bias={self.bias is not None}"
-        )
 
 
 @register(
@@ -132,7 +88,7 @@ class SimpleRMSNorm(nn.Module):
         Param("bias", "normalized_shape", "0 (bias=True only)"),
     ),
 )
-class PartialRMSNorm(_AffineLastDimNorm):
+class PartialRMSNorm(_LastDimNorm):
     r"""Partial RMSNorm, pRMSNorm (Zhang & Sennrich, "Root Mean Square Layer Normalization", 2019, arXiv:1910.07467).
 
     .. math::
@@ -195,7 +151,7 @@ class PartialRMSNorm(_AffineLastDimNorm):
         Param("bias", "normalized_shape", "0"),
     ),
 )
-class CRMSNorm(_AffineLastDimNorm):
+class CRMSNorm(_LastDimNorm):
     r"""Compressed RMSNorm (Jiang, Gu, Zhu & Pan, "Pre-RMSNorm and Pre-CRMSNorm Transformers", 2023, arXiv:2305.14858).
 
     .. math::

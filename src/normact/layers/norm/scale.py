@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from normact import functional as NF
 from normact._checks import check_eps, check_float, normalize_shape
 from normact.layers import papers
+from normact.layers.norm._channel import add_learnable
 from normact.registry import Param, register
 
 __all__ = ["ScaleNorm"]
@@ -62,11 +63,7 @@ class ScaleNorm(nn.Module):
         self.scale_init = (
             math.sqrt(math.prod(self.normalized_shape)) if scale_init is None else check_float("scale_init", scale_init)
         )
-        scale = torch.empty((), device=device, dtype=dtype)
-        if self.affine:
-            self.scale = nn.Parameter(scale)
-        else:
-            self.register_buffer("scale", scale)
+        add_learnable(self, "scale", torch.empty((), device=device, dtype=dtype), self.affine)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

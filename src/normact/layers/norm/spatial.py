@@ -15,7 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from normact import functional as NF
-from normact._checks import check_channel_input, check_eps, check_float, check_int, check_momentum
+from normact._checks import check_eps, check_float, check_int, check_momentum
+from normact.layers.norm import _channel
 from normact.registry import Paper, Param, register
 
 __all__ = ["SPADE", "RegionNormB", "RegionNormL"]
@@ -34,10 +35,6 @@ REGION_NORM = Paper(
 )
 
 _PARAM_FREE = ("batch", "instance")
-
-
-def _check_x(module: nn.Module, x: Tensor) -> None:
-    check_channel_input(x, type(module).__name__, module.num_features, ranks=(4,), layout="(N, {C}, H, W)")
 
 
 def _check_kernel(kernel_size: object) -> int:
@@ -61,28 +58,13 @@ def _reset_conv(weight: Tensor, bias: Tensor | None) -> None:
         nn.init.uniform_(bias, -bound, bound)
 
 
-def _add_stats(
-    module: nn.Module, shape: tuple[int, ...], count_shape: tuple[int, ...], present: bool, fk: dict
-) -> None:
-    module.register_buffer("running_mean", torch.zeros(shape, **fk) if present else None)
-    module.register_buffer("running_var", torch.ones(shape, **fk) if present else None)
-    tracked = torch.zeros(count_shape, dtype=torch.long, device=fk.get("device")) if present else None
-    module.register_buffer("num_batches_tracked", tracked)
-
-
-def _reset_stats(module: nn.Module) -> None:
-    if module.running_mean is not None:
-        module.running_mean.zero_()
-        module.running_var.fill_(1)
-        module.num_batches_tracked.zero_()
-
-
 # --------------------------------------------------------------------------------------------------- SPADE
 
 
 @register(
     "spade_instance",
     kind="norm",
+    drop_in=False,
     verified_against=("torch.nn.InstanceNorm2d", "torch.nn.Conv2d"),
     paper=SPADE_PAPER,
     formula=(
@@ -104,6 +86,7 @@ def _reset_stats(module: nn.Module) -> None:
 @register(
     "spade",
     kind="norm",
+    drop_in=False,
     verified_against=("torch.nn.BatchNorm2d", "torch.nn.Conv2d"),
     paper=SPADE_PAPER,
     formula=(
@@ -212,26 +195,23 @@ class SPADE(nn.Module):
         self.gamma_bias = _param((c,), fk)
         self.beta_weight = _param((c, h, k, k), fk)
         self.beta_bias = _param((c,), fk)
-        _add_stats(self, (c,), (), param_free == "batch" and self.track_running_stats, fk)
+        _channel.add_running_stats(self, c, param_free == "batch" and self.track_running_stats, fk, count=True)
         self.reset_parameters()
 
     def reset_running_stats(self) -> None:
         """running_mean = 0, running_var = 1, num_batches_tracked = 0 (when tracked)."""
-        _reset_stats(self)
+        _channel.reset_running_stats(self)
 
     def reset_parameters(self) -> None:
         """Running statistics reset; the convolutions get torch's default Conv2d initialization."""
-        _reset_stats(self)
+        _channel.reset_running_stats(self)
         _reset_conv(self.shared_weight, self.shared_bias)
         _reset_conv(self.gamma_weight, self.gamma_bias)
         _reset_conv(self.beta_weight, self.beta_bias)
 
     def forward(self, x: Tensor, segmap: Tensor) -> Tensor:
-        _check_x(self, x)
-        factor: float | Tensor = 0.0
-        if self.training and self.running_mean is not None:
-            self.num_batches_tracked.add_(1)
-            factor = 1.0 / self.num_batches_tracked.to(torch.float64) if self.momentum is None else self.momentum
+        _channel.check_input(self, x, (4,), _channel.LAYOUT_2D)
+        factor = _channel.momentum_factor(self) if self.training and self.running_mean is not None else 0.0
         return NF.spade(
             x,
             segmap,
@@ -258,7 +238,7 @@ class SPADE(nn.Module):
         )
         if self.param_free == "batch":
             out += f", momentum={self.momentum}, track_running_stats={self.track_running_stats}"
-            out += ", sync=True" if self.sync else ""
+            out += _channel.sync_repr(self)
         return out
 
 
@@ -275,6 +255,7 @@ _REGION_STATS = (
 @register(
     "region_norm_b",
     kind="norm",
+    drop_in=False,
     verified_against=("torch.nn.BatchNorm2d", "torch.nn.functional.batch_norm"),
     paper=REGION_NORM,
     formula=(
@@ -361,24 +342,21 @@ class RegionNormB(nn.Module):
         self.sync = bool(sync)
         self.process_group = process_group
         c = self.num_features
-        self.weight = _param((2, c), fk) if self.affine else None
-        self.bias = _param((2, c), fk) if self.affine else None
-        _add_stats(self, (2, c), (2,), self.track_running_stats, fk)
+        _channel.add_channel_affine(self, (2, c), self.affine, fk)
+        _channel.add_running_stats(self, (2, c), self.track_running_stats, fk, count=True, count_shape=(2,))
         self.reset_parameters()
 
     def reset_running_stats(self) -> None:
         """running_mean = 0, running_var = 1, num_batches_tracked = 0 (when tracked)."""
-        _reset_stats(self)
+        _channel.reset_running_stats(self)
 
     def reset_parameters(self) -> None:
         """Running statistics reset; weight = 1, bias = 0."""
-        _reset_stats(self)
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+        _channel.reset_running_stats(self)
+        _channel.reset_channel_affine(self)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        _check_x(self, x)
+        _channel.check_input(self, x, (4,), _channel.LAYOUT_2D)
         return NF.region_norm(
             x,
             mask,
@@ -397,7 +375,7 @@ class RegionNormB(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-            f"track_running_stats={self.track_running_stats}" + (", sync=True" if self.sync else "")
+            f"track_running_stats={self.track_running_stats}" + _channel.sync_repr(self)
         )
 
 
@@ -494,22 +472,24 @@ class RegionNormL(nn.Module):
         self.gamma_bias = _param((1,), fk)
         self.beta_weight = _param((1, 1, k, k), fk)
         self.beta_bias = _param((1,), fk)
-        _add_stats(self, (2, self.num_features), (2,), self.track_running_stats, fk)
+        _channel.add_running_stats(
+            self, (2, self.num_features), self.track_running_stats, fk, count=True, count_shape=(2,)
+        )
         self.reset_parameters()
 
     def reset_running_stats(self) -> None:
         """running_mean = 0, running_var = 1, num_batches_tracked = 0 (when tracked)."""
-        _reset_stats(self)
+        _channel.reset_running_stats(self)
 
     def reset_parameters(self) -> None:
         """Running statistics reset; the convolutions get torch's default Conv2d initialization."""
-        _reset_stats(self)
+        _channel.reset_running_stats(self)
         _reset_conv(self.sa_weight, None)
         _reset_conv(self.gamma_weight, self.gamma_bias)
         _reset_conv(self.beta_weight, self.beta_bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_x(self, x)
+        _channel.check_input(self, x, (4,), _channel.LAYOUT_2D)
         return NF.region_norm_l(
             x,
             self.sa_weight,
@@ -531,6 +511,5 @@ class RegionNormL(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, kernel_size={self.kernel_size}, threshold={self.threshold}, eps={self.eps}, "
-            f"momentum={self.momentum}, track_running_stats={self.track_running_stats}"
-            + (", sync=True" if self.sync else "")
+            f"momentum={self.momentum}, track_running_stats={self.track_running_stats}" + _channel.sync_repr(self)
         )

@@ -9,8 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from normact import functional as NF
-from normact._checks import check_channel_input, check_eps, check_float, check_int, check_momentum
-from normact.registry import Paper, Param, register
+from normact._checks import check_eps, check_float, check_int, check_momentum
+from normact.layers.norm import _channel
+from normact.registry import Paper, register
 
 __all__ = ["MPBNLIF"]
 
@@ -25,6 +26,8 @@ MPBN = Paper(
 @register(
     "mpbn",
     kind="norm",
+    drop_in=False,
+    input_layout="other",
     paper=MPBN,
     formula=(
         "for t = 1..T: u_t = tau * u_{t-1} * (1 - s_{t-1}) + x_t (u_0 = 0); u_hat_t = (u_t - mean(u_t)) / "
@@ -36,11 +39,8 @@ MPBN = Paper(
     ),
     functional=NF.mpbn_lif,
     params=(
-        Param("weight", "(C,)", "1 (affine=True only)"),
-        Param("bias", "(C,)", "0 (affine=True only)"),
-        Param("running_mean", "(C,)", "0", buffer=True),
-        Param("running_var", "(C,)", "1", buffer=True),
-        Param("num_batches_tracked", "()", "0", buffer=True),
+        *_channel.AFFINE_PARAMS,
+        *_channel.BN_BUFFERS,
     ),
     batch_dependent=True,
     smooth=False,
@@ -136,26 +136,18 @@ class MPBNLIF(nn.Module):
         self.batch_first = bool(batch_first)
         self.sync = bool(sync)
         self.process_group = process_group
-        for name in ("weight", "bias"):
-            value = nn.Parameter(torch.empty(self.num_features, **factory_kwargs)) if self.affine else None
-            self.register_parameter(name, value)
-        self.register_buffer("running_mean", torch.zeros(self.num_features, **factory_kwargs))
-        self.register_buffer("running_var", torch.ones(self.num_features, **factory_kwargs))
-        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+        _channel.add_channel_affine(self, self.num_features, self.affine, factory_kwargs)
+        _channel.add_running_stats(self, self.num_features, True, factory_kwargs, count=True)
         self.reset_parameters()
 
     def reset_running_stats(self) -> None:
         """running_mean = 0, running_var = 1, num_batches_tracked = 0."""
-        self.running_mean.zero_()
-        self.running_var.fill_(1)
-        self.num_batches_tracked.zero_()
+        _channel.reset_running_stats(self)
 
     def reset_parameters(self) -> None:
         """Running statistics reset; weight = 1, bias = 0."""
         self.reset_running_stats()
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+        _channel.reset_channel_affine(self)
 
     def fold_threshold(self) -> tuple[Tensor, Tensor]:
         """The inference threshold per channel, ``(threshold, above)`` of shape (C,): with the running
@@ -167,14 +159,7 @@ class MPBNLIF(nn.Module):
             )
 
     def forward(self, x: Tensor) -> Tensor:
-        check_channel_input(
-            x,
-            type(self).__name__,
-            self.num_features,
-            ranks=(3, 4, 5),
-            axis=2,
-            layout="(N, T, {C}, *)" if self.batch_first else "(T, N, {C}, *)",
-        )
+        _channel.check_input(self, x, (3, 4, 5), "(N, T, {C}, *)" if self.batch_first else "(T, N, {C}, *)", axis=2)
         return NF.mpbn_lif(
             x,
             self.weight,
@@ -196,6 +181,5 @@ class MPBNLIF(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, tau={self.tau}, v_th={self.v_th}, temp={self.temp}, eps={self.eps}, "
-            f"momentum={self.momentum}, affine={self.affine}, batch_first={self.batch_first}"
-            + (", sync=True" if self.sync else "")
+            f"momentum={self.momentum}, affine={self.affine}, batch_first={self.batch_first}" + _channel.sync_repr(self)
         )

@@ -98,6 +98,7 @@ _PARAMS = (
 @register(
     "td_layernorm",
     kind="norm",
+    drop_in=False,
     paper=DIMR,
     formula=(
         "y = (x - mean(x)) / sqrt(var(x) + eps) * gamma(t) + beta(t), over the last dims (biased variance); "
@@ -159,6 +160,7 @@ class TimeDependentLayerNorm(_TimeDependentNorm):
 @register(
     "td_rmsnorm",
     kind="norm",
+    drop_in=False,
     paper=DIMR,
     formula=(
         "y = x / (||x||_2 / sqrt(d) + eps) * gamma(t) (+ beta(t)), over the last dims (eps outside the root); "

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from normact import functional as NF
 from normact._checks import check_channel_input, check_eps, check_float, check_int
+from normact.layers.norm import _channel
 from normact.registry import Paper, Param, register
 
 __all__ = ["UnifiedNorm"]
@@ -42,6 +43,7 @@ def _window_sizes(window_size: object) -> tuple[int, int]:
 @register(
     "unified_norm",
     kind="norm",
+    input_layout="tokens",
     paper=UNIFIED_NORMALIZATION,
     formula=(
         "training: x2 = E_B[x^2] per channel over the unpadded tokens of the batch (no centering); "
@@ -54,8 +56,7 @@ def _window_sizes(window_size: object) -> tuple[int, int]:
     ),
     functional=NF.unified_norm,
     params=(
-        Param("weight", "(C,)", "1 (affine=True only)"),
-        Param("bias", "(C,)", "0 (affine=True only)"),
+        *_channel.AFFINE_PARAMS,
         Param("running_var", "(C,)", "1", buffer=True),
         Param("x2_window", "(W_f, C)", "0", buffer=True),
         Param("gz_window", "(W_b, C)", "0", buffer=True),
@@ -178,12 +179,7 @@ class UnifiedNorm(nn.Module):
         self.sync = bool(sync)
         self.process_group = process_group
         c = self.num_features
-        if self.affine:
-            self.weight = nn.Parameter(torch.empty(c, **factory_kwargs))
-            self.bias = nn.Parameter(torch.empty(c, **factory_kwargs))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _channel.add_channel_affine(self, c, self.affine, factory_kwargs)
         self.register_buffer("running_var", torch.empty(c, **factory_kwargs))
         self.register_buffer("x2_window", torch.empty(self.forward_window, c, **factory_kwargs))
         self.register_buffer("gz_window", torch.empty(self.backward_window, c, **factory_kwargs))
@@ -205,9 +201,7 @@ class UnifiedNorm(nn.Module):
     def reset_parameters(self) -> None:
         """Running statistics reset; weight = 1, bias = 0."""
         self.reset_running_stats()
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+        _channel.reset_channel_affine(self)
 
     def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> Tensor:
         check_channel_input(
@@ -240,5 +234,5 @@ class UnifiedNorm(nn.Module):
             f"outlier_filtration={self.outlier_filtration}, eps={self.eps}, momentum={self.momentum}, "
             f"affine={self.affine}"
             + ("" if self.gradient_compensation else ", gradient_compensation=False")
-            + (", sync=True" if self.sync else "")
+            + _channel.sync_repr(self)
         )

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from normact import functional as NF
 from normact._checks import check_channel_input, check_eps, check_int, check_tensor, shape_str
+from normact.layers.norm import _channel
 from normact.registry import Paper, Param, register
 
 __all__ = ["GroupWhitening", "GroupWhiteningColoring"]
@@ -45,10 +46,7 @@ def _groups(num_features: int, num_groups: int | None) -> int:
         "positions (exact ZCA by eigendecomposition, eps added to the eigenvalues)"
     ),
     functional=NF.group_whitening,
-    params=(
-        Param("weight", "(C,)", "1 (affine=True only)"),
-        Param("bias", "(C,)", "0 (affine=True only)"),
-    ),
+    params=(*_channel.AFFINE_PARAMS,),
     verified_against=("torch.nn.functional.instance_norm",),
 )
 class GroupWhitening(nn.Module):
@@ -103,19 +101,12 @@ class GroupWhitening(nn.Module):
         self.num_groups = _groups(self.num_features, num_groups)
         self.eps = check_eps(eps)
         self.affine = bool(affine)
-        if self.affine:
-            self.weight = nn.Parameter(torch.empty(self.num_features, **factory_kwargs))
-            self.bias = nn.Parameter(torch.empty(self.num_features, **factory_kwargs))
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _channel.add_channel_affine(self, self.num_features, self.affine, factory_kwargs)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """weight = 1, bias = 0."""
-        if self.affine:
-            nn.init.ones_(self.weight)
-            nn.init.zeros_(self.bias)
+        _channel.reset_channel_affine(self)
 
     def forward(self, x: Tensor) -> Tensor:
         check_channel_input(x, type(self).__name__, self.num_features, ranks=(3, 4), layout=_LAYOUT)
@@ -131,6 +122,7 @@ class GroupWhitening(nn.Module):
 @register(
     "group_whitening_coloring",
     kind="norm",
+    drop_in=False,
     paper=GDWCT,
     formula=(
         "c_g = x_g - mu_g per sample and group of d = C/G channels (whitening='zca': "
