@@ -66,38 +66,49 @@ def test_moments_match_float64_over_all_data(first):
 
 def test_histogram_bins_median_and_fraction():
     edges = hist_edges()
-    assert edges.numel() == HIST_BINS and edges[0] == 0 and math.isclose(float(edges[1]), 1e-10)
-    x = torch.tensor([0.0, 1e-12, 1.0, 1.0001, 5.0, 1e11, float("inf"), float("nan")])
+    assert edges.numel() == HIST_BINS and edges[0] == 0 and edges[-1] == math.inf
+    assert float(edges[1]) == 2.0**-129 and float(edges[8]) == 2.0**-126  # denormals, then 8 bins per octave
+    one = (0x3F800000 >> 20) + torch.arange(9)  # the bins of [1, 2): 1, 1.125, ..., 1.875, then 2
+    assert edges[one].tolist() == [1 + i / 8 for i in range(9)]
+    ratios = edges[9:-1] / edges[8:-2]
+    assert float(ratios.max()) == 1.125 and float(ratios.min()) > 1.06  # each bin spans a factor <= 1.125
+    x = torch.tensor([0.0, 1e-12, 1.0, 1.0001, -5.0, 1e11, float("inf"), float("nan"), -float("nan"), 1.5 * 2.0**-129])
     h = Histogram()
-    h.update(x.abs())
+    h.update(x)
     counts = h.values
-    assert int(counts.sum()) == 7 and h.nans == 1
-    assert int(counts[0]) == 2 and int(counts[-1]) == 2
-    assert int(counts[1 + 10 * 16]) == 2  # [1, 10**(1/16)) holds 1.0 and 1.0001
-    assert int(counts[1 + 10 * 16 + 11]) == 1  # 5.0: log10(5) * 16 = 11.18
+    assert counts.dtype == torch.int64 and int(counts.sum()) == 8 and h.nans == 2
+    assert int(counts[0]) == 1 and int(counts[1]) == 1  # 0; 1.5 * 2**-129 (a denormal) in [2**-129, 2**-128)
+    assert int(counts[-1]) == 1  # +inf
+    assert int(counts[one[0]]) == 2  # [1, 1.125) holds 1.0 and 1.0001
+    assert int(counts[(0x40A00000 >> 20)]) == 1  # |-5| = 1.25 * 4: the first bin of [4, 8)
+    for v in (1e-12, 1e11):
+        b = int(torch.searchsorted(edges, torch.tensor([v], dtype=torch.float64), right=True)) - 1
+        assert int(counts[b]) == 1 and edges[b] <= v < edges[b + 1]
+    as64 = Histogram()
+    as64.update(x.double())  # float64 is binned after rounding to float32
+    assert torch.equal(as64.counts, h.counts)
     g = torch.Generator().manual_seed(0)
     y = torch.randn(100_000, generator=g).abs() * 3.7
     h = Histogram()
     h.update(y)
     true = float(y.median())
-    assert abs(h.quantile(0.5) / true - 1) < 0.02  # interpolated: far inside one bin (15.5%)
-    assert abs(h.quantile(0.9) / float(y.quantile(0.9)) - 1) < 0.02
-    assert h.fraction_below(1.0) == pytest.approx(float((y < 1.0).double().mean()), abs=1e-12)
+    assert abs(h.quantile(0.5) / true - 1) < 0.01  # interpolated: far inside one bin (12.5%)
+    assert abs(h.quantile(0.9) / float(y.quantile(0.9)) - 1) < 0.01
+    assert h.quantile(0.0) == 0.0 and h.quantile(1.0) <= 2 * float(y.max())
+    for t in (0.5, 1.0, 2.0, 1.125):  # bin edges: exact
+        assert h.fraction_below(t) == float((y < t).double().mean())
 
 
-def test_histc_path_in_chunks_equals_index_add(monkeypatch):
-    """The CUDA path (float bins through histc, split in chunks) counts like the CPU path (index_add_)."""
+def test_histc_path_in_chunks_equals_bincount(monkeypatch):
+    """The CUDA path (histc over float slots, in chunks) counts like the CPU path (bincount)."""
     import normact.probing.accumulators as acc
 
-    x = torch.cat([torch.rand(100) * 10, torch.tensor([0.0, float("nan"), 1e12])])
-    ref = Histogram()
-    ref.update(x)
-    idx = Histogram.index(x).double()  # float bins, as on CUDA (NaN -> HIST_BINS + 0.5)
-    idx[idx == HIST_BINS] = HIST_BINS + 0.5
+    x = torch.cat([torch.rand(100) * 10, torch.tensor([0.0, float("nan"), 1e12, -float("inf")])])
+    idx = Histogram.index(x)
+    ref = acc.slot_counts(idx)
     monkeypatch.setattr(acc, "_HISTC_EXACT", 7)
-    h = Histogram()
-    h.add_index(idx)
-    assert torch.equal(h.counts, ref.counts) and int(h.counts.sum()) == 103 and h.nans == 1
+    got = acc._histc_counts(idx)
+    assert torch.equal(got, ref) and int(got.sum()) == 104 and int(got[HIST_BINS:].sum()) == 1
 
 
 @pytest.mark.parametrize("first", [True, False], ids=["channels_first", "channels_last"])
@@ -197,3 +208,53 @@ def test_merge_rejects_mismatched_shapes():
         EntropyStats(2).merge_(EntropyStats(3))
     with pytest.raises(ValueError, match="top-3"):
         TopK(4).merge_(TopK(3))
+
+
+@pytest.mark.parametrize("p", [100, 5000, 16384, 65536 + 13, 196608])
+def test_top_rows_through_block_maxima_equals_topk(p):
+    from normact.probing.accumulators import top_flat, top_rows
+
+    g = torch.Generator().manual_seed(p)
+    v = torch.randn(3, p, generator=g)
+    v[1, p // 3] = float("nan")  # NaN ranks first, as in topk
+    for k in (1, 16):
+        top, idx = top_rows(v, k)
+        ref = v.topk(min(k, p), dim=1)
+        assert torch.equal(top, ref.values) or torch.allclose(top, ref.values, equal_nan=True)
+        assert torch.equal(idx, ref.indices)
+        assert torch.equal(top_flat(v[2], k)[1], ref.indices[2])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("first", [True, False], ids=["channels_first", "channels_last"])
+@pytest.mark.parametrize("b", [1, 3])
+def test_grouped_reductions_equal_each_batch_alone(first, dtype, b):
+    """batch_reductions over G batches at once gives each batch the results it gets alone."""
+    from normact.probing.accumulators import batch_reductions, member
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, b, 6, 50, generator=g, dtype=dtype) * 2 + 0.5  # (G, B, C, S) or (G, B, S=6, C=50)
+    x[1] = x[1].relu()  # exact zeros
+    x[2, :, 0] = 1e-4  # near zeros
+    x[3, 0, 2, 7] = -300.0  # a large negative value: the top-k keeps its sign
+    args = (first, True, True, True, 1e-3, True, 5)
+    grouped = batch_reductions(x, *args)
+    for i in range(4):
+        alone = member(batch_reductions(x[i : i + 1], *args), 0)
+        part = member(grouped, i)
+        torch.testing.assert_close(part["rows"], alone["rows"], rtol=1e-6, atol=1e-6)
+        assert torch.equal(part["counts"], alone["counts"]) and torch.equal(part["hist"], alone["hist"])
+        for a, c in zip(part["topk"][:4], alone["topk"][:4], strict=True):
+            assert torch.equal(a, c)
+    top, hi, lo = member(grouped, 3)["topk"][:3]
+    assert float(top[0]) == 300.0 and float(lo[0]) == -300.0 and float(hi[0]) < 300.0  # the sign comes from lo
+    rows = member(grouped, 2)["rows"]
+    ref = x[2].transpose(0, 1).reshape(6, -1) if first else x[2].reshape(-1, 50).T  # (C, n)
+    torch.testing.assert_close(rows[0], ref.mean(1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(rows[1], ((ref - ref.mean(1, keepdim=True)) ** 2).sum(1), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(rows[-2], ref.amin(1))
+    torch.testing.assert_close(rows[-1], ref.amax(1))
+    counts = member(grouped, 1)["counts"]
+    ref1 = x[1].transpose(0, 1).reshape(6, -1) if first else x[1].reshape(-1, 50).T
+    assert counts[0].tolist() == (ref1 != 0).sum(1).tolist()
+    assert counts[1].tolist() == (ref1.abs() > torch.tensor(1e-3, dtype=dtype)).sum(1).tolist()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from normact.probing import probe
-from normact.probing.accumulators import Moments, TopK
+from normact.probing.accumulators import ActivationStats, Moments, TopK
 from tests.probe._models import toy_batches, toy_net
 from tests.probe.test_report import assert_states_equal
 
@@ -25,6 +25,7 @@ def _run(model, xs, **kw):
 def test_no_synchronisation_on_cuda(monkeypatch, dtype):
     monkeypatch.setattr(Moments, "flush_every", 2)  # queued merges run inside the checked region too
     monkeypatch.setattr(TopK, "flush_every", 2)
+    monkeypatch.setattr(ActivationStats, "flush_every", 2)
     model = toy_net(dtype=dtype).cuda()
     xs = [x.cuda() for x in toy_batches(6, dtype=dtype)]
     with torch.no_grad(), probe(model, stats="all") as p:

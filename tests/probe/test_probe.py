@@ -11,7 +11,7 @@ from torch import nn
 
 import normact
 from normact.bench.models import build_model
-from normact.probing import Report, probe
+from normact.probing import SPARSE, Report, probe
 from tests.probe._models import Plant, ToyAttention, ToyBlock, toy_batches, toy_net
 
 
@@ -111,7 +111,7 @@ def test_hooks_removed_on_exit_and_on_exception():
 def test_report_is_a_snapshot_and_readable_after_exit():
     model = toy_net()
     xs = toy_batches(3)
-    with probe(model) as p:
+    with probe(model, sample=1) as p:
         model(xs[0])
         first = p.report()
         model(xs[1])
@@ -139,10 +139,11 @@ def _live_tensors() -> int:
 
 
 def test_no_activation_is_kept(monkeypatch):
-    from normact.probing.accumulators import Moments, TopK
+    from normact.probing.accumulators import ActivationStats, Moments, TopK
 
     monkeypatch.setattr(Moments, "flush_every", 4)  # queued batch summaries are merged every 4 batches
     monkeypatch.setattr(TopK, "flush_every", 4)
+    monkeypatch.setattr(ActivationStats, "flush_every", 4)
     model = _resnet("batchnorm2d")
     activation = 8 * 16 * 32 * 32  # elements of one stem output
     gc.collect()
@@ -222,7 +223,7 @@ def test_channel_layouts_nchw_tokens_and_declared_features():
     # per-channel means are those of the right axis
     x = torch.randn(3, 4, 7, 2, dtype=torch.float64) + torch.arange(4.0).view(1, 4, 1, 1) * 10
     act = nn.Identity()
-    with probe(act, lambda n, m: True) as p:
+    with probe(act, lambda n, m: True, sample=1) as p:
         act(x)
     torch.testing.assert_close(p.report()[""].stats.moments.mean, x.mean((0, 2, 3)))
 
@@ -301,7 +302,7 @@ def test_massive_activation_detection():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 32), nn.GELU(), Plant(token=3, channel=7, value=3000.0), nn.LayerNorm(32))
     xs = [torch.randn(4, 10, 16) for _ in range(3)]
-    with probe(model, ["act", "norm", Plant]) as p:
+    with probe(model, ["act", "norm", Plant], sample=1) as p:
         for x in xs:
             model(x)
     report = p.report()
@@ -327,7 +328,7 @@ def test_sparsity_and_dead_units():
     with torch.no_grad():
         lin.bias[2] = -100.0  # unit 2 never fires after the ReLU
     model = nn.Sequential(lin, nn.ReLU())
-    with probe(model, "act", near_zero=0.05) as p:
+    with probe(model, "act", near_zero=0.05, sample=1) as p:
         for _ in range(3):
             model(torch.randn(20, 6))
     r = p.report()
@@ -432,7 +433,7 @@ def test_normact_probe_is_the_factory():
 def test_inference_mode_and_no_grad_batches_mix():
     model = toy_net()
     xs = toy_batches(4)
-    with probe(model, stats="all") as p:
+    with probe(model, stats="all", sample=1) as p:
         with torch.inference_mode():
             model(xs[0])
         with torch.no_grad():
@@ -462,3 +463,93 @@ def test_report_type():
         model(toy_batches(1)[0])
     assert isinstance(p.report(), Report)
     assert "norm" in repr(p.report())
+
+
+def _stats_states(report):
+    return {n: [r.stats and r.stats.state(), r.branch and r.branch.state()] for n, r in report.records.items()}
+
+
+def test_sampling_reads_every_kth_sample_of_each_batch():
+    from tests.probe.test_report import assert_states_equal
+
+    model = toy_net()  # samples are independent: a sample's outputs do not depend on the others
+    xs = toy_batches(5, sizes=[7, 3, 1, 6, 4])
+    with probe(model, sample=3) as p:
+        for x in xs:
+            model(x)
+    with probe(model, sample=1) as q:
+        for x in xs:
+            model(x[::3])  # samples 0, 3, 6 of each batch
+    with probe(model, sample=1) as h:
+        for x in xs:
+            model(x[:: 3 * SPARSE])  # the zero counts and the histogram read one in SPARSE of the samples read
+    sampled, ref, ref_sparse = (_stats_states(r.report()) for r in (p, q, h))
+    for name in ref:
+        if ref[name][0] is not None:
+            for part in ("hist", "zeros"):
+                assert_states_equal(sampled[name][0].pop(part), ref_sparse[name][0][part])
+                ref[name][0].pop(part)
+    assert_states_equal(sampled, ref)
+    assert p.report().config["sample"] == 3
+    assert p.report()["norm"].stats.count == sum(len(range(0, x.shape[0], 3)) for x in xs) * 5
+    with pytest.raises(ValueError, match="sample must be an int"):
+        probe(model, sample=0)
+
+
+@pytest.mark.parametrize("make", ["toy", "resnet"])
+def test_staged_groups_equal_reducing_each_output_alone(monkeypatch, make):
+    """Outputs of one shape are staged and reduced together at the end of the forward pass; each record gets what
+    reducing its output alone gives."""
+    from tests.probe.test_report import assert_states_equal
+
+    probe_module = __import__("sys").modules["normact.probing.probe"]
+    model = toy_net() if make == "toy" else _resnet("batchnorm2d")
+    xs = toy_batches(3) if make == "toy" else [torch.randn(6, 3, 32, 32) for _ in range(2)]
+
+    def run():
+        with torch.no_grad(), probe(model, sample=2) as p:
+            for x in xs:
+                model(x)
+        return p.report()
+
+    staged = run()
+    monkeypatch.setattr(probe_module, "_STAGE_BYTES", 0)  # every output reduced alone, in its hook
+    alone = run()
+    assert list(staged) == list(alone)
+    rtol = 1e-10 if make == "toy" else 1e-5  # float32 sums may round differently in a bigger reduction
+    assert_states_equal(staged.state(), alone.state(), rtol=rtol, atol=1e-6)
+
+
+class _NormEnd(nn.Module):
+    """A residual block returning its norm's output, or that output shifted in place after the norm."""
+
+    def __init__(self, shift: float | None) -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+        self.norm = nn.LayerNorm(8)
+        self.shift = shift
+
+    def forward(self, x):
+        y = self.norm(x + self.lin(x))
+        if self.shift is not None:
+            y.add_(self.shift)  # the same tensor object, modified after the norm's hook
+        return y
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_a_block_returning_its_norms_output_reuses_it_unless_modified(mode):
+    torch.manual_seed(0)
+    model = nn.Sequential(_NormEnd(None), _NormEnd(2.0))
+    ctx = torch.no_grad if mode == "no_grad" else torch.inference_mode
+    with ctx(), probe(model, ["norm", "block"], sample=1) as p:
+        for _ in range(3):
+            model(torch.randn(4, 5, 8))
+    r = p.report()
+    assert {n: r[n].kind for n in r} == {"0.norm": "norm", "0": "block", "1.norm": "norm", "1": "block"}
+    same, norm = r["0"].stats.state(), r["0.norm"].stats.state()
+    for part in ("moments", "minmax", "zeros", "hist", "topk"):
+        assert str(same[part]) == str(norm[part]), part  # the block's statistics are its norm's
+    shifted, inner = r["1"].stats.moments, r["1.norm"].stats.moments
+    torch.testing.assert_close(shifted.mean, inner.mean + 2.0)
+    torch.testing.assert_close(shifted.var, inner.var)
+    torch.testing.assert_close(r["1"].stats.cmax, r["1.norm"].stats.cmax + 2.0)

@@ -21,13 +21,23 @@ from normact.probing.accumulators import (
     Moments,
     TopK,
 )
-from normact.probing.probe import DEFAULT_MODULES, DEFAULT_STATS, Probe, module_kind, probe
+from normact.probing.probe import (
+    DEFAULT_MODULES,
+    DEFAULT_SAMPLE,
+    DEFAULT_STATS,
+    SPARSE,
+    Probe,
+    module_kind,
+    probe,
+)
 from normact.probing.report import ModuleRecord, Report
 
 __all__ = [
     "DEFAULT_MODULES",
+    "DEFAULT_SAMPLE",
     "DEFAULT_STATS",
     "HIST_BINS",
+    "SPARSE",
     "ActivationStats",
     "Covariance",
     "EntropyStats",

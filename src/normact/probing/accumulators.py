@@ -8,14 +8,17 @@ and Pébay (2008), the other statistics are sums, minima, maxima or bounded top-
 
 A batch is seen in one of two canonical 3-D views, ``(B, C, S)`` (channels first: NCHW maps flattened)
 or ``(B, S, C)`` (channels last: token sequences), ``S`` being the flattened token (spatial) positions.
-Per-batch reductions run in float32 (float64 for float64 input); accumulators are float64 (per-channel counts
-int64, histogram counts float64, exact below 2**53). The per-batch reductions are one pure function,
-:func:`batch_reductions`, which ``torch.compile`` can fuse.
+Per-batch reductions run in float32 (float64 for float64 input); accumulators are float64 (counts int64).
+The per-batch reductions are one pure function, :func:`batch_reductions`, that makes few passes over the
+batch (see its docstring): everything that is not a moment reads the integer bit patterns of |x| (the counts,
+the top-k and the histogram, whose bins are float32 bit patterns: no logarithm per element).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import struct
 from typing import Any
 
 import torch
@@ -23,33 +26,66 @@ from torch import Tensor
 
 __all__ = [
     "HIST_BINS",
-    "HIST_BINS_PER_DECADE",
-    "HIST_HIGH",
-    "HIST_LOW",
+    "HIST_SHIFT",
+    "HIST_SLOTS",
     "ActivationStats",
     "Covariance",
     "EntropyStats",
     "Histogram",
     "Moments",
     "TopK",
+    "batch_reductions",
     "hist_edges",
+    "member",
+    "slot_counts",
+    "top_flat",
+    "top_rows",
+    "topk_candidates",
 ]
 
-# The fixed log-scale histogram of |x|: bin 0 holds |x| < 10**HIST_LOW (zeros included), bins 1..320 are
-# 16 per decade over [1e-10, 1e10) (each spans a factor 10**(1/16) ~ 1.155), bin 321 holds |x| >= 1e10;
-# Histogram.counts has one more slot, for NaN.
-HIST_LOW, HIST_HIGH, HIST_BINS_PER_DECADE = -10, 10, 16
-HIST_BINS = (HIST_HIGH - HIST_LOW) * HIST_BINS_PER_DECADE + 2
+# The histogram of |x| counts float32 bit patterns: the slot of |x| is its float32 bits >> HIST_SHIFT (exponent
+# and 3 leading mantissa bits), HIST_SLOTS slots in all. Slots [0, HIST_BINS) are the bins of |x| (the last one
+# is +inf: 0x7F8 << 20 is float32 infinity), slots [HIST_BINS, HIST_SLOTS) hold NaN.
+HIST_SHIFT = 20
+HIST_SLOTS = 1 << (31 - HIST_SHIFT)
+HIST_BINS = (0x7F800000 >> HIST_SHIFT) + 1
 _HISTC_EXACT = 1 << 24  # float32 histc counts are exact integers up to 2**24 per call
-_HIST_LO = HIST_LOW - 1 / HIST_BINS_PER_DECADE  # log10 range of the 322 bins of width 1/16, outer bins included
-_HIST_HI = HIST_HIGH + 1 / HIST_BINS_PER_DECADE
-_HALF_BIN = 0.5 / HIST_BINS_PER_DECADE
+_ABS32 = 0x7FFFFFFF
+# float dtype -> (integer view of the same width, mask of the sign bit off, struct formats of both)
+_INT_VIEW = {
+    torch.float32: (torch.int32, _ABS32, "<f", "<i"),
+    torch.float64: (torch.int64, (1 << 63) - 1, "<d", "<q"),
+}
 
 
 def hist_edges() -> Tensor:
-    """The lower edge of every histogram bin (bin 0 starts at 0), float64."""
-    k = torch.arange(HIST_BINS - 1, dtype=torch.float64)
-    return torch.cat([torch.zeros(1, dtype=torch.float64), 10.0 ** (HIST_LOW + k / HIST_BINS_PER_DECADE)])
+    """The lower edge of every histogram bin, float64: bin ``i`` holds |x| from ``edges[i]`` up to (excluding)
+    ``edges[i + 1]``; bin 0 starts at 0 and the last bin, +inf, at +inf."""
+    return (torch.arange(HIST_BINS, dtype=torch.int32) << HIST_SHIFT).view(torch.float32).to(torch.float64)
+
+
+@torch.compiler.disable  # dynamo's struct polyfill recurses; a graph break here is harmless
+@functools.cache
+def _bits(value: float, dtype: torch.dtype) -> int:
+    """The bit pattern of ``value`` rounded to ``dtype`` (float32 or float64), as a signed integer."""
+    _, _, f, i = _INT_VIEW[dtype]
+    return struct.unpack(i, struct.pack(f, value))[0]
+
+
+_CONSTANTS: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}  # see _const
+
+
+def _const(value: int, dtype: torch.dtype, device: torch.device) -> Tensor | int:
+    """A cached 0-dim CPU integer tensor: as an operand it is not wrapped and converted at every call as a Python
+    scalar is (a few microseconds per operation, which add up over many small hooked tensors). Other devices get
+    the Python scalar (a device constant would cost a synchronising copy when created)."""
+    if device.type != "cpu":
+        return value
+    key = (value, dtype, device)
+    t = _CONSTANTS.get(key)
+    if t is None:
+        t = _CONSTANTS[key] = torch.tensor(value, dtype=dtype, device=device)
+    return t
 
 
 def _work(x: Tensor) -> Tensor:
@@ -91,6 +127,33 @@ def _combine(counts: Tensor, rows: Tensor) -> Tensor:
     return torch.stack(out)
 
 
+def _rdims(x: Tensor, first: bool) -> tuple[int, int]:
+    """The reduced axes of a canonical batch: 3-D ``(B, C, S)``/``(B, S, C)``, or 4-D with a leading group axis
+    ``(G, B, C, S)``/``(G, B, S, C)`` (G batches reduced at once, one result per batch)."""
+    lead = x.dim() - 3
+    return (lead, lead + 2) if first else (lead, lead + 1)
+
+
+def _per_channel(v: Tensor, x: Tensor, first: bool) -> Tensor:
+    """Broadcast per-channel values (``(C,)``, or ``(G, C)`` for a grouped batch) against ``x``."""
+    lead = v.shape[:-1]
+    return v.view(*lead, 1, -1, 1) if first else v.view(*lead, 1, 1, -1)
+
+
+def _moment_rows(x: Tensor, first: bool, higher: bool) -> list[Tensor]:
+    """``[mean, M2, (M3, M4)]`` per channel of a canonical batch (3-D, or 4-D grouped): one centred copy and its
+    square, powers taken in place, four reductions."""
+    dims = _rdims(x, first)
+    mean = x.mean(dims)
+    d = x - _per_channel(mean, x, first)
+    d2 = d * d
+    rows = [mean, d2.sum(dims)]
+    if higher:
+        rows.append(d.mul_(d2).sum(dims))  # d^3, in place
+        rows.append(d2.mul_(d2).sum(dims))  # d^4, in place
+    return rows
+
+
 class Moments:
     """Per-channel count, mean and central moment sums M2 (and M3, M4 when ``higher``), float64.
 
@@ -101,7 +164,7 @@ class Moments:
     kurtosis keep float64 accuracy whatever the offset of the data and a hook launches few kernels.
     """
 
-    flush_every = 64
+    flush_every = 16
 
     def __init__(self, channels: int, *, higher: bool = True, device: Any = None) -> None:
         self._count = 0
@@ -124,16 +187,9 @@ class Moments:
 
     @staticmethod
     def batch(x: Tensor, first: bool, higher: bool) -> Tensor:
-        """The (2 or 4, C) moment rows of one canonical 3-D batch (in the working precision)."""
-        xf = _work(x)
-        dims = _dims(first)
-        mean = xf.mean(dims)
-        d = xf - _chan(mean, first)
-        d2 = d * d
-        rows = [mean, d2.sum(dims)]
-        if higher:
-            rows += [(d2 * d).sum(dims), (d2 * d2).sum(dims)]
-        return torch.stack(rows)
+        """The (2 or 4, C) moment rows ``[mean, M2, M3, M4]`` of one canonical 3-D batch (in the working
+        precision), centred on the batch mean."""
+        return torch.stack(_moment_rows(_work(x), first, higher))
 
     def update(self, x: Tensor, first: bool) -> None:
         n = x.numel() // x.shape[1 if first else 2]
@@ -152,11 +208,11 @@ class Moments:
             return
         groups = ([(self._count, self._m)] if self._count else []) + self._pending
         self._pending = []
+        rows = torch.stack([r for _, r in groups]).to(torch.float64)
         if len(groups) == 1:
-            self._count, self._m = groups[0][0], groups[0][1].to(torch.float64)
+            self._count, self._m = groups[0][0], rows[0]
             return
         counts = _host_to_device([float(n) for n, _ in groups], self._m.device)
-        rows = torch.stack([r.to(torch.float64) for _, r in groups])
         self._m = _combine(counts, rows)
         self._count = sum(n for n, _ in groups)
 
@@ -206,66 +262,53 @@ class Moments:
 
 
 class Histogram:
-    """Counts of |x| in the fixed log-scale bins (see :data:`HIST_BINS`) and of NaN, float64 (exact integers
-    below 2**53): ``counts`` has ``HIST_BINS + 1`` slots, the last one for NaN.
+    """Counts of |x| per float32 bit pattern: the slot of an element is the float32 bit pattern of |x| shifted
+    right by :data:`HIST_SHIFT`, i.e. its exponent and 3 leading mantissa bits, counted with ``torch.bincount``
+    (``torch.histc`` on CUDA, where bincount would synchronise). ``counts`` (int64) has :data:`HIST_SLOTS`
+    slots: :data:`HIST_BINS` bins of |x| (8 per octave, each spanning a factor 1.125 at most; bin 0 holds 0 and
+    |x| < 2**-129, the last one +inf) and, after them, the NaN slots.
 
-    Bucketing runs on the device: ``log10(max(|x|, 1e-30))``, clamped into the outer bins, falls in one of 322
-    bins of width 1/16 over ``[-10 - 1/16, 10 + 1/16]``; the bins are counted with ``torch.histc`` on CUDA (its
-    shared-memory kernel) and ``index_add_`` on the CPU (faster there). Quantiles of |x| read from it are
-    accurate to one bin, a factor 10**(1/16) ~ 1.155 at worst; the median is interpolated log-linearly inside
-    its bin.
+    No logarithm, clamp or float comparison runs per element: a mask, a shift and a count. Float64 data is
+    binned after rounding to float32 (beyond float32's range it counts as 0 or +inf). Quantiles of |x| are
+    interpolated linearly inside their bin, so they are accurate to a factor 1.125 at worst (much closer for
+    smooth data); fractions below a bin edge (every power of two among them) are exact. A NaN is a quiet NaN
+    (the only kind arithmetic produces); a signalling NaN whose payload sits in the 20 low mantissa bits would
+    count as +inf.
     """
 
     def __init__(self, device: Any = None) -> None:
-        self.counts = torch.zeros(HIST_BINS + 1, dtype=torch.float64, device=device)
+        self.counts = torch.zeros(HIST_SLOTS, dtype=torch.int64, device=device)
 
     @staticmethod
     def index(a: Tensor) -> Tensor:
-        """The bin of every |x| as a float in ``[0, HIST_BINS]`` (``HIST_BINS`` for NaN), int64 on the CPU.
-        clamp_min first: log10(0) takes a slow path on the CPU; 1e-30 lands in the underflow bin as well."""
-        v = a.clamp_min(1e-30).log10().clamp(_HIST_LO + _HALF_BIN, _HIST_HI - _HALF_BIN)
-        v = ((v - _HIST_LO) * HIST_BINS_PER_DECADE).nan_to_num(nan=HIST_BINS + 0.5)
-        return v.to(torch.int64) if v.device.type == "cpu" else v
+        """The slot of every element of ``a`` (of |a|: the sign is ignored), int32, same shape."""
+        f = a if a.dtype == torch.float32 else a.float()
+        return (f.view(torch.int32) & _ABS32) >> HIST_SHIFT
 
     def add_index(self, idx: Tensor) -> None:
-        """Count the bins from :meth:`index` into ``counts``: integer bins with ``index_add_``, float ones with
-        ``histc`` (in chunks of 2**24, the exact range of its float32 counts)."""
-        idx = idx.flatten()
-        if not idx.is_floating_point():
-            self.counts.index_add_(0, idx, torch.ones(1, dtype=torch.float64).expand(idx.numel()))
-            return
-        deterministic = torch.are_deterministic_algorithms_enabled()
-        if deterministic:
-            # histc's CUDA kernel adds 1.0 atomically: integer-valued float sums below 2**24 are exact and order
-            # independent, so the counts are deterministic although torch flags the kernel.
-            warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-            torch.use_deterministic_algorithms(False)
-        try:
-            for chunk in idx.split(_HISTC_EXACT):
-                self.counts.add_(torch.histc(chunk, bins=HIST_BINS + 1, min=0, max=HIST_BINS + 1))
-        finally:
-            if deterministic:
-                torch.use_deterministic_algorithms(True, warn_only=warn_only)
+        """Count the slots from :meth:`index` into ``counts``."""
+        self.counts += slot_counts(idx)
 
     def update(self, a: Tensor) -> None:
         self.add_index(Histogram.index(a))
 
     @property
     def values(self) -> Tensor:
-        """The counts of the |x| bins (NaN excluded), on the CPU."""
+        """The counts of the |x| bins (NaN excluded), int64 on the CPU."""
         return self.counts[:HIST_BINS].cpu()
 
     @property
     def nans(self) -> int:
-        return int(self.counts[HIST_BINS])
+        return int(self.counts[HIST_BINS:].sum())
 
     def merge_(self, other: Histogram) -> Histogram:
         self.counts += other.counts.to(self.counts.device)
         return self
 
     def quantile(self, q: float) -> float:
-        """The ``q`` quantile of |x| (0 if it falls in the underflow bin), interpolated in log scale."""
-        h = self.values
+        """The ``q`` quantile of |x| (0 if it falls in the lowest bin, +inf in the last), interpolated linearly
+        inside its bin."""
+        h = self.values.to(torch.float64)
         total = float(h.sum())
         if total == 0:
             return math.nan
@@ -275,13 +318,15 @@ class Histogram:
         if b == 0:
             return 0.0
         if b == HIST_BINS - 1:
-            return 10.0**HIST_HIGH
-        below = float(cum[b - 1]) if b > 0 else 0.0
+            return math.inf
+        edges = hist_edges()
+        lo, hi = float(edges[b]), float(edges[b + 1])
+        below = float(cum[b - 1])
         frac = min(max((target - below) / float(h[b]), 0.0), 1.0) if h[b] > 0 else 0.0
-        return 10.0 ** (HIST_LOW + (b - 1 + frac) / HIST_BINS_PER_DECADE)
+        return lo + frac * (hi - lo)
 
     def fraction_below(self, threshold: float) -> float:
-        """Fraction of |x| below ``threshold`` (exact when the threshold is a bin edge)."""
+        """Fraction of |x| below ``threshold`` (exact when the threshold is a bin edge, e.g. a power of two)."""
         h = self.values
         total = int(h.sum())
         if not total:
@@ -295,9 +340,39 @@ class Histogram:
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Histogram:
-        out = cls(device=state["counts"].device)
-        out.counts = state["counts"].to(torch.float64)
+        counts = state["counts"]
+        if counts.numel() != HIST_SLOTS:
+            raise ValueError(f"a histogram has {HIST_SLOTS} slots, got {counts.numel()} (an older report format?)")
+        out = cls(device=counts.device)
+        out.counts = counts.to(torch.int64)
         return out
+
+
+def slot_counts(idx: Tensor, slots: int = HIST_SLOTS) -> Tensor:
+    """int64 counts of ``slots`` histogram slots in ``idx`` (ints in ``[0, slots)``):
+    ``torch.bincount`` on the CPU; ``torch.histc`` on other devices (bincount reads its maximum on the host),
+    in chunks of 2**24 elements, the exact range of its float32 counts."""
+    idx = idx.flatten()
+    if idx.device.type == "cpu":
+        return torch.bincount(idx, minlength=slots)
+    return _histc_counts(idx, slots)
+
+
+def _histc_counts(idx: Tensor, slots: int = HIST_SLOTS) -> Tensor:
+    out = torch.zeros(slots, dtype=torch.int64, device=idx.device)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    if deterministic:
+        # histc's CUDA kernel adds 1.0 atomically: integer-valued float sums below 2**24 are exact and order
+        # independent, so the counts are deterministic although torch flags the kernel.
+        warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+        torch.use_deterministic_algorithms(False)
+    try:
+        for chunk in idx.split(_HISTC_EXACT):
+            out += torch.histc(chunk.float(), bins=slots, min=0, max=slots).to(torch.int64)
+    finally:
+        if deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    return out
 
 
 class TopK:
@@ -311,7 +386,7 @@ class TopK:
     magnitude -inf and position -1.
     """
 
-    flush_every = 64
+    flush_every = 64  # candidates are tiny (k per batch); a flush sorts them all
 
     def __init__(self, k: int, device: Any = None) -> None:
         self.k = k
@@ -347,13 +422,21 @@ class TopK:
 
     def add_batch(self, x: Tensor, per_position: Tensor, first: bool) -> None:
         """Queue the candidates of batch ``x`` given its largest magnitude at each position (``|x|.amax(0)``)."""
-        b, s = x.shape[0], x.shape[2 if first else 1]
-        c = x.shape[1 if first else 2]
-        top, idx = per_position.flatten().topk(min(self.k, s * c))  # positions flattened as (C, S) or (S, C)
-        signed = x.reshape(b, -1)[:, idx]  # (B, k): the signed values at the chosen positions
-        value = signed.gather(0, signed.abs().argmax(0, keepdim=True))[0]
-        token, channel = (idx % s, idx // s) if first else (idx // c, idx % c)
-        self._pending.append((top, value, token, channel))
+        self.add_candidates(*topk_candidates(x, per_position, first, self.k))
+
+    def add_candidates(self, top: Tensor, value: Tensor, token: Tensor, channel: Tensor) -> None:
+        """Queue candidates from :func:`topk_candidates`."""
+        self._queue((top, value, value, token, channel, None))
+
+    def add_flat(self, top: Tensor, hi: Tensor, lo: Tensor, idx: Tensor, first: bool, s: int, c: int) -> None:
+        """Queue candidates given by their magnitude ``top``, the largest and smallest value over the batch at
+        their position (``hi``, ``lo``: the signed value is ``hi`` when ``hi >= top``, else ``lo``) and flat
+        indices into a ``(C, S)`` (``first``) or ``(S, C)`` grid. Signs and (token, channel) pairs are resolved at
+        the next flush, for all queued batches at once."""
+        self._queue((top, hi, lo, idx, None, (first, s, c)))
+
+    def _queue(self, entry: tuple[Any, ...]) -> None:
+        self._pending.append(entry)
         if len(self._pending) >= self.flush_every:
             self.flush()
 
@@ -361,12 +444,29 @@ class TopK:
         """Merge the queued candidates into the buffer."""
         if not self._pending:
             return
-        parts = list(zip(*self._pending, strict=True))
-        self._pending = []
-        a = torch.cat([self._abs, *(t.to(torch.float64) for t in parts[0])])
-        v = torch.cat([self._value, *(t.to(torch.float64) for t in parts[1])])
-        t = torch.cat([self._token, *parts[2]])
-        c = torch.cat([self._channel, *parts[3]])
+        pending, self._pending = self._pending, []
+        a = torch.cat([self._abs, *(e[0] for e in pending)]).to(torch.float64)
+        hi = torch.cat([self._value, *(e[1] for e in pending)]).to(torch.float64)
+        lo = torch.cat([self._value, *(e[2] for e in pending)]).to(torch.float64)
+        v = torch.where(hi >= a, hi, lo)
+        tokens, channels = [self._token], [self._channel]
+        i = 0
+        while i < len(pending):  # runs of flat indices on one grid are converted together
+            grid = pending[i][5]
+            j = i + 1
+            if grid is None:
+                tokens.append(pending[i][3])
+                channels.append(pending[i][4])
+            else:
+                while j < len(pending) and pending[j][5] == grid:
+                    j += 1
+                idx = torch.cat([e[3] for e in pending[i:j]])
+                first, s_, c_ = grid
+                tokens.append(idx % s_ if first else idx // c_)
+                channels.append(idx // s_ if first else idx % c_)
+            i = j
+        t = torch.cat(tokens)
+        c = torch.cat(channels)
         # de-duplicate positions: sort by magnitude (descending), then stably by position; keep the first of a run
         order = a.argsort(descending=True, stable=True)
         order = order[(t[order] * (1 << 32) + c[order]).argsort(stable=True)]
@@ -385,7 +485,8 @@ class TopK:
         if other.k != self.k:
             raise ValueError(f"cannot merge a top-{other.k} buffer into a top-{self.k} buffer")
         dev = self._abs.device
-        self._pending.append((other.abs.to(dev), other.value.to(dev), other.token.to(dev), other.channel.to(dev)))
+        value = other.value.to(dev)
+        self._pending.append((other.abs.to(dev), value, value, other.token.to(dev), other.channel.to(dev), None))
         self.flush()
         return self
 
@@ -408,6 +509,47 @@ class TopK:
         return out
 
 
+def top_rows(v: Tensor, k: int, block: int = 64) -> tuple[Tensor, Tensor]:
+    """``v.topk(min(k, P), dim=1)`` of a ``(G, P)`` tensor, through the maxima of blocks of ``block`` elements
+    when ``P`` is large: the ``k`` largest values of a row lie in its ``k`` blocks of largest maxima (any other
+    block's maximum is at most the k-th largest value), so a top-k over the block maxima and one over those
+    ``k`` blocks suffice (ties may pick other positions of equal value)."""
+    g, p = v.shape
+    if p < 16 * block * k:
+        return v.topk(min(k, p), dim=1)
+    m = p // block * block
+    blocks = (v if m == p else v[:, :m]).reshape(g, -1, block)
+    bi = blocks.amax(2).topk(k, dim=1).indices  # (G, k)
+    cand = blocks.gather(1, bi.unsqueeze(2).expand(g, k, block)).view(g, k * block)
+    where = (bi.unsqueeze(2) * block + torch.arange(block, device=v.device)).view(g, k * block)
+    if m < p:  # the last partial block is always a candidate
+        cand = torch.cat([cand, v[:, m:]], 1)
+        where = torch.cat([where, torch.arange(m, p, device=v.device).expand(g, -1)], 1)
+    top, j = cand.topk(k, dim=1)
+    return top, where.gather(1, j)
+
+
+def top_flat(v: Tensor, k: int, block: int = 64) -> tuple[Tensor, Tensor]:
+    """``v.topk(min(k, v.numel()))`` of a flat tensor (see :func:`top_rows`)."""
+    top, idx = top_rows(v.view(1, -1), k, block)
+    return top[0], idx[0]
+
+
+def topk_candidates(x: Tensor, per_position: Tensor, first: bool, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The top-``k`` candidates of one canonical 3-D batch ``x``: ``(abs, value, token, channel)`` of the ``k``
+    largest entries of ``per_position``, the largest |x| over the batch at each position, given as floats or as
+    the bit patterns of |x| (integers of x's width, which order non-negative floats like the floats)."""
+    b, s = x.shape[0], x.shape[2 if first else 1]
+    c = x.shape[1 if first else 2]
+    top, idx = top_flat(per_position.flatten(), k)  # positions flattened as (C, S) or (S, C)
+    if not top.is_floating_point():
+        top = top.view(x.dtype)
+    signed = x.reshape(b, -1)[:, idx]  # (B, k): the signed values at the chosen positions
+    value = signed.gather(0, signed.abs().argmax(0, keepdim=True))[0]
+    token, channel = (idx % s, idx // s) if first else (idx // c, idx % c)
+    return top, value, token, channel
+
+
 class Covariance:
     """The running co-moment matrix ``sum (x - mean)(x - mean)^T`` over channels (C x C, float64), merged with
     Chan's formula; its eigenvalues give the effective rank. Needs its own :class:`Moments` means, so it keeps
@@ -418,17 +560,27 @@ class Covariance:
         self.mean = torch.zeros(channels, dtype=torch.float64, device=device)
         self.comoment = torch.zeros(channels, channels, dtype=torch.float64, device=device)
 
-    def update(self, x: Tensor, first: bool) -> None:
+    @staticmethod
+    def batch(x: Tensor, first: bool) -> tuple[int, Tensor, Tensor] | None:
+        """``(rows, mean, co-moment)`` of one canonical 3-D batch (float64 mean and co-moment), None if empty."""
         rows = (x.transpose(1, 2) if first else x).reshape(-1, x.shape[1 if first else 2])
         nb = rows.shape[0]
         if not nb:
-            return
+            return None
         with torch.autocast(rows.device.type, enabled=False):
             rf = _work(rows)
             mb = rf.mean(0)
             d = rf - mb
             cb = (d.T @ d).to(torch.float64)
-        self._merge(nb, mb.to(torch.float64), cb)
+        return nb, mb.to(torch.float64), cb
+
+    def update(self, x: Tensor, first: bool) -> None:
+        self.add_batch(Covariance.batch(x, first))
+
+    def add_batch(self, batch: tuple[int, Tensor, Tensor] | None) -> None:
+        """Merge the result of :meth:`batch`."""
+        if batch is not None:
+            self._merge(*batch)
 
     def _merge(self, nb: int, mb: Tensor, cb: Tensor) -> None:
         na = self.count
@@ -524,24 +676,76 @@ def batch_reductions(
     zeros: bool,
     near_zero: float,
     hist: bool,
-    topk: bool,
-) -> dict[str, Tensor]:
-    """Every per-batch reduction of one canonical 3-D batch, as one pure function (``torch.compile`` fuses it
-    into a few passes over ``x``): ``moments`` (2 or 4, C), ``min``/``max`` (C), ``nonzero``/``above`` (C, counts
-    of ``x != 0`` and ``|x| > near_zero``), ``hist_index`` (the histogram bin of every element) and ``per_position``
-    (the largest |x| over the batch at each position, for the top-k)."""
-    dims = _dims(first)
-    out = {"moments": Moments.batch(x, first, higher)}
-    if minmax:
-        out["min"], out["max"] = x.amin(dims), x.amax(dims)
-    a = x.abs()
-    if zeros:
-        out["nonzero"] = torch.count_nonzero(x, dims)
-        out["above"] = torch.count_nonzero(a > near_zero, dims)
-    if hist:
-        out["hist_index"] = Histogram.index(a)
-    if topk:
-        out["per_position"] = a.amax(0)
+    topk: int,
+    sparse: int = 1,
+) -> dict[str, Any]:
+    """Every per-batch reduction of ``G`` canonical batches of one shape at once, as one pure function: ``x`` is
+    ``(G, B, C, S)`` (``first``) or ``(G, B, S, C)``, float32 or float64; every result has a leading ``G`` axis
+    (one result per batch, as if each were reduced alone).
+
+    Returns ``rows``, ``(G, R, C)`` in the working precision: per-channel rows ``[mean, M2, (M3, M4), (min,
+    max)]`` (central moment sums around the batch mean, then the extremes); ``counts``, ``(G, 2, C)`` integers:
+    the counts of ``x != 0`` and of ``|x| > near_zero`` (out of ``zeros_n`` elements per channel); ``hist``,
+    ``(G, HIST_SLOTS)`` int64 histogram counts; ``topk``, ``(abs, hi, lo, flat index, first, S, C)`` with
+    ``(G, topk)`` tensors: the ``topk`` largest per-position magnitudes, for :meth:`TopK.add_flat`.
+    :func:`member` takes one batch's part. The counts and the histogram read the samples ``0, sparse,
+    2 * sparse, ...`` of each batch (their integer and scattered passes cost the most, and these statistics
+    need fewer samples); the rest reads every sample.
+
+    Few passes over ``x``: a mean, a centred copy and its square (two reductions, two more for M3 and M4,
+    powers taken in place); the maximum and minimum over the batch at each position (the per-channel extremes
+    and the top-k read these small tensors; a one-sample batch is its own extremes); the integer bit patterns
+    of |x| (one mask), whose integer clamps give the counts and whose shifted value (in place) the histogram
+    slots. No logarithm, comparison to a bool tensor or host synchronisation.
+    """
+    g = x.shape[0]
+    dims = _rdims(x, first)
+    out: dict[str, Any] = {}
+    rows = _moment_rows(x, first, higher)
+    if minmax or topk:
+        single = x.shape[1] == 1  # one sample: the per-position extremes are the sample itself
+        pmax, pmin = (x[:, 0], x[:, 0]) if single else (x.amax(1), x.amin(1))  # (G, C, S) or (G, S, C)
+        if minmax:
+            rows += [pmin.amin(2 if first else 1), pmax.amax(2 if first else 1)]
+        if topk:
+            mag = pmax.abs() if single else torch.maximum(pmax, pmin.neg())
+            top, idx = top_rows(mag.view(g, -1) if mag.is_contiguous() else mag.reshape(g, -1), topk)
+            hi = pmax.reshape(g, -1).gather(1, idx)
+            lo = hi if single else pmin.reshape(g, -1).gather(1, idx)
+            s_, c_ = (pmax.shape[2], pmax.shape[1]) if first else (pmax.shape[1], pmax.shape[2])
+            out["topk"] = (top, hi, lo, idx, first, s_, c_)
+    out["rows"] = torch.stack(rows, 1)
+    if zeros or hist:
+        xs = x[:, ::sparse] if sparse > 1 else x
+        itype, mask, _, _ = _INT_VIEW[x.dtype]
+        dev = x.device
+        bits = torch.bitwise_and(xs.view(itype), _const(mask, itype, dev))  # |x| as integers, ordered like |x|
+        if zeros:
+            near = _bits(near_zero, x.dtype) if near_zero >= 0 else -1  # |x| > near_zero <=> bits > near
+            nonzero = bits.clamp(max=1).sum(dims, dtype=itype)
+            above = torch.sub(bits, _const(near, itype, dev)).clamp_(0, 1).sum(dims, dtype=itype)
+            out["counts"] = torch.stack([nonzero, above], 1)
+            out["zeros_n"] = xs[0].numel() // nonzero.shape[1]
+        if hist:
+            if x.dtype == torch.float32:
+                slots = bits.bitwise_right_shift_(_const(HIST_SHIFT, itype, dev)).reshape(g, -1)
+            else:
+                slots = Histogram.index(xs).reshape(g, -1)
+            if g > 1:  # one histogram per batch: offset each batch's slots
+                slots = slots + torch.arange(0, g * HIST_SLOTS, HIST_SLOTS, dtype=slots.dtype, device=dev).view(g, 1)
+            out["hist"] = slot_counts(slots, g * HIST_SLOTS).view(g, HIST_SLOTS)
+    return out
+
+
+def member(r: dict[str, Any], i: int) -> dict[str, Any]:
+    """Batch ``i``'s part of the result of :func:`batch_reductions` (views, no copies)."""
+    out = {key: r[key][i] for key in ("rows", "counts", "hist") if key in r}
+    if "topk" in r:
+        top, hi, lo, idx, first, s_, c_ = r["topk"]
+        out["topk"] = (top[i], hi[i], lo[i], idx[i], first, s_, c_)
+    for key in ("cov", "zeros_n"):
+        if key in r:
+            out[key] = r[key]
     return out
 
 
@@ -553,9 +757,15 @@ class ActivationStats:
 
     Parts, each present when its stat group is requested: ``moments`` (always: count, mean, variance, mean
     square; M3/M4 for ``kurtosis``), ``minmax`` (per-channel min and max, hence dead units and the magnitude
-    outliers), ``topk``, ``zeros`` (per-channel counts of ``x == 0`` and of ``|x| <= near_zero``), ``hist``,
-    ``cov`` (when ``channels <= max_cov_features``).
+    outliers), ``topk``, ``zeros`` (per-channel counts of ``x == 0`` and of ``|x| <= near_zero``; a NaN is
+    neither), ``hist``, ``cov`` (when ``channels <= max_cov_features``).
+
+    A batch is reduced by :func:`batch_reductions` into a few small tensors; they are queued (the moments in
+    :class:`Moments`, the extremes and counts here, the top-k candidates in :class:`TopK`) and merged every
+    ``flush_every`` batches and before any read, so that a hook launches few small operations.
     """
+
+    flush_every = 16
 
     def __init__(
         self,
@@ -570,76 +780,138 @@ class ActivationStats:
         self.channels = channels
         self.near_zero = float(near_zero)
         self.moments = Moments(channels, higher="kurtosis" in stats, device=device)
-        self.cmin = self.cmax = None
+        self._cmin = self._cmax = None
         if "minmax" in stats:
-            self.cmin = torch.full((channels,), math.inf, dtype=torch.float64, device=device)
-            self.cmax = torch.full((channels,), -math.inf, dtype=torch.float64, device=device)
-        self.nonzero = self.above = None  # per-channel counts of x != 0 and of |x| > near_zero
+            self._cmin = torch.full((channels,), math.inf, dtype=torch.float64, device=device)
+            self._cmax = torch.full((channels,), -math.inf, dtype=torch.float64, device=device)
+        self._nonzero = self._above = None  # per-channel counts of x != 0 and of |x| > near_zero
+        self.zeros_count = 0  # elements per channel those counts are out of (the probe may count fewer samples)
         if "zeros" in stats:
-            self.nonzero = torch.zeros(channels, dtype=torch.int64, device=device)
-            self.above = torch.zeros(channels, dtype=torch.int64, device=device)
+            self._nonzero = torch.zeros(channels, dtype=torch.int64, device=device)
+            self._above = torch.zeros(channels, dtype=torch.int64, device=device)
         self.hist = Histogram(device) if "hist" in stats else None
         self.topk = TopK(topk, device) if "topk" in stats and topk > 0 else None
         self.cov = Covariance(channels, device) if "cov" in stats and channels <= max_cov_features else None
+        self._pending: list[Tensor] = []
 
     @property
     def count(self) -> int:
         return self.moments.count
 
-    def update(self, x: Tensor, first: bool, reduce: Any = None) -> None:
-        """Fold in one canonical 3-D batch ``(B, C, S)`` (``first``) or ``(B, S, C)``. ``reduce`` replaces
-        :func:`batch_reductions` (the probe passes its ``torch.compile``-d version)."""
+    @property
+    def cmin(self) -> Tensor | None:
+        """Per-channel minimum (float64), None without the ``minmax`` stat."""
+        self.flush()
+        return self._cmin
+
+    @property
+    def cmax(self) -> Tensor | None:
+        self.flush()
+        return self._cmax
+
+    @property
+    def nonzero(self) -> Tensor | None:
+        """Per-channel counts of ``x != 0`` (int64), None without the ``zeros`` stat."""
+        self.flush()
+        return self._nonzero
+
+    @property
+    def above(self) -> Tensor | None:
+        """Per-channel counts of ``|x| > near_zero`` (int64)."""
+        self.flush()
+        return self._above
+
+    def reduce(self, x: Tensor, first: bool, reduce: Any = None, sparse: int = 1) -> tuple[int, dict[str, Any]] | None:
+        """The reductions of one canonical 3-D batch, for :meth:`add_reduced` (None for an empty batch).
+        ``reduce`` replaces :func:`batch_reductions` (the probe passes its ``torch.compile``-d version); the
+        zero counts and the histogram read the samples ``0, sparse, ...`` of the batch."""
         if not x.numel():
-            return
+            return None
         xw = _work(x)
-        c = self.channels
-        r = (reduce or batch_reductions)(
-            xw,
+        r = self.reduce_group(xw.unsqueeze(0), first, reduce, sparse)
+        if self.cov is not None:
+            r["cov"] = Covariance.batch(xw, first)
+        return xw.numel() // self.channels, member(r, 0)
+
+    def reduce_group(self, x: Tensor, first: bool, reduce: Any = None, sparse: int = 1) -> dict[str, Any]:
+        """:func:`batch_reductions` of ``G`` batches ``(G, B, C, S)``/``(G, B, S, C)`` in the working precision,
+        configured for this accumulator (one with the same configuration may add any batch's part)."""
+        return (reduce or batch_reductions)(
+            x,
             first,
             self.moments.higher,
-            self.cmin is not None,
-            self.nonzero is not None,
+            self._cmin is not None,
+            self._nonzero is not None,
             self.near_zero,
             self.hist is not None,
-            self.topk is not None,
+            self.topk.k if self.topk is not None else 0,
+            sparse,
         )
-        self.moments.add_batch(xw.numel() // c, r["moments"])
-        if self.cmin is not None:
-            torch.minimum(self.cmin, r["min"], out=self.cmin)
-            torch.maximum(self.cmax, r["max"], out=self.cmax)
-        if self.nonzero is not None:
-            self.nonzero += r["nonzero"]
-            self.above += r["above"]
-        if self.topk is not None:
-            self.topk.add_batch(xw, r["per_position"], first)
+
+    def add_reduced(self, reduced: tuple[int, dict[str, Any]] | None) -> None:
+        """Fold in the result of :meth:`reduce` (of this accumulator or of one with the same configuration)."""
+        if reduced is None:
+            return
+        n, r = reduced
+        rows = r["rows"]
+        m = 4 if self.moments.higher else 2
+        self.moments.add_batch(n, rows[:m] if self._cmin is not None else rows)
+        if self._nonzero is not None:
+            self.zeros_count += r["zeros_n"]
+        if self._cmin is not None or self._nonzero is not None:
+            self._pending.append((rows[m:] if self._cmin is not None else None, r.get("counts")))
+            if len(self._pending) >= self.flush_every:
+                self.flush()
         if self.hist is not None:
-            self.hist.add_index(r["hist_index"])
+            self.hist.counts += r["hist"]
+        if self.topk is not None:
+            self.topk.add_flat(*r["topk"])
         if self.cov is not None:
-            self.cov.update(xw, first)
+            self.cov.add_batch(r.get("cov"))
+
+    def update(self, x: Tensor, first: bool, reduce: Any = None) -> None:
+        """Fold in one canonical 3-D batch ``(B, C, S)`` (``first``) or ``(B, S, C)``."""
+        self.add_reduced(self.reduce(x, first, reduce))
+
+    def flush(self) -> None:
+        """Merge the queued per-batch extremes and counts."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        if self._cmin is not None:
+            rows = torch.stack([e[0] for e in pending]).to(torch.float64)  # (G, 2, C)
+            self._cmin = torch.minimum(self._cmin, rows[:, 0].amin(0))
+            self._cmax = torch.maximum(self._cmax, rows[:, 1].amax(0))
+        if self._nonzero is not None:
+            counts = torch.stack([e[1] for e in pending]).sum(0, dtype=torch.int64)  # (2, C)
+            self._nonzero = self._nonzero + counts[0]
+            self._above = self._above + counts[1]
 
     @property
     def zeros(self) -> Tensor | None:
-        """Per-channel counts of ``x == 0``."""
-        return None if self.nonzero is None else self.count - self.nonzero
+        """Per-channel counts of ``x == 0`` (out of :attr:`zeros_count` elements per channel)."""
+        return None if self.nonzero is None else self.zeros_count - self.nonzero
 
     @property
     def near(self) -> Tensor | None:
-        """Per-channel counts of ``|x| <= near_zero``."""
-        return None if self.above is None else self.count - self.above
+        """Per-channel counts of ``|x| <= near_zero`` (out of :attr:`zeros_count`)."""
+        return None if self.above is None else self.zeros_count - self.above
 
     def merge_(self, other: ActivationStats) -> ActivationStats:
         if other.channels != self.channels:
             raise ValueError(f"cannot merge statistics of {other.channels} channels into {self.channels}")
         self.moments.merge_(other.moments)
+        self.flush()
         dev = self.moments.m.device
-        if self.cmin is not None and other.cmin is not None:
-            self.cmin = torch.minimum(self.cmin, other.cmin.to(dev))
-            self.cmax = torch.maximum(self.cmax, other.cmax.to(dev))
-        if self.nonzero is not None and other.nonzero is not None:
+        if self._cmin is not None and other.cmin is not None:
+            self._cmin = torch.minimum(self._cmin, other.cmin.to(dev))
+            self._cmax = torch.maximum(self._cmax, other.cmax.to(dev))
+        if self._nonzero is not None and other.nonzero is not None:
             if other.near_zero != self.near_zero:
                 raise ValueError(f"cannot merge near-zero counts at {other.near_zero} into counts at {self.near_zero}")
-            self.nonzero += other.nonzero.to(dev)
-            self.above += other.above.to(dev)
+            self._nonzero = self._nonzero + other.nonzero.to(dev)
+            self._above = self._above + other.above.to(dev)
+            self.zeros_count += other.zeros_count
         for part in ("hist", "topk", "cov"):
             mine, theirs = getattr(self, part), getattr(other, part)
             if mine is not None and theirs is not None:
@@ -647,11 +919,12 @@ class ActivationStats:
         return self
 
     def state(self) -> dict[str, Any]:
+        self.flush()
         out: dict[str, Any] = {"channels": self.channels, "near_zero": self.near_zero, "moments": self.moments.state()}
-        if self.cmin is not None:
-            out["minmax"] = {"min": self.cmin, "max": self.cmax}
-        if self.nonzero is not None:
-            out["zeros"] = {"nonzero": self.nonzero, "above": self.above}
+        if self._cmin is not None:
+            out["minmax"] = {"min": self._cmin, "max": self._cmax}
+        if self._nonzero is not None:
+            out["zeros"] = {"count": self.zeros_count, "nonzero": self._nonzero, "above": self._above}
         for part in ("hist", "topk", "cov"):
             acc = getattr(self, part)
             if acc is not None:
@@ -664,11 +937,13 @@ class ActivationStats:
         out.channels = int(state["channels"])
         out.near_zero = float(state["near_zero"])
         out.moments = Moments.from_state(state["moments"])
-        out.cmin = state["minmax"]["min"].to(torch.float64) if "minmax" in state else None
-        out.cmax = state["minmax"]["max"].to(torch.float64) if "minmax" in state else None
-        out.nonzero = state["zeros"]["nonzero"].to(torch.int64) if "zeros" in state else None
-        out.above = state["zeros"]["above"].to(torch.int64) if "zeros" in state else None
+        out._cmin = state["minmax"]["min"].to(torch.float64) if "minmax" in state else None
+        out._cmax = state["minmax"]["max"].to(torch.float64) if "minmax" in state else None
+        out._nonzero = state["zeros"]["nonzero"].to(torch.int64) if "zeros" in state else None
+        out._above = state["zeros"]["above"].to(torch.int64) if "zeros" in state else None
+        out.zeros_count = int(state["zeros"]["count"]) if "zeros" in state else 0
         out.hist = Histogram.from_state(state["hist"]) if "hist" in state else None
         out.topk = TopK.from_state(state["topk"]) if "topk" in state else None
         out.cov = Covariance.from_state(state["cov"]) if "cov" in state else None
+        out._pending = []
         return out

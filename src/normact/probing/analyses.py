@@ -73,8 +73,8 @@ def summary(records: Iterable[ModuleRecord]) -> list[dict[str, Any]]:
                 row["nan"] = s.hist.nans
                 if "max_abs" in row:
                     row["max_over_median"] = row["max_abs"] / med if med > 0 else math.inf
-            if s.zeros is not None:
-                total = s.count * s.channels
+            if s.zeros is not None and s.zeros_count:
+                total = s.zeros_count * s.channels
                 row["zero_fraction"] = int(s.zeros.sum()) / total
                 row["near_zero_fraction"] = int(s.near.sum()) / total
             if s.cov is not None:
@@ -117,11 +117,11 @@ def massive_activations(
     """Positions whose magnitude is above ``min_value`` and above ``min_ratio`` times the median magnitude of the
     layer's activations (both configurable), from each module's top-k buffer (so at most ``topk`` per module).
 
-    The median comes from the log-scale histogram, within a factor 10**(1/16) ~ 1.155 (interpolated inside its
-    bin, usually much closer), far finer than the 100x/1000x thresholds. A median of 0 (more than half the
-    values exactly zero or below 1e-10) gives an infinite ratio. Records: ``module``, ``token`` (position along
-    the flattened token or spatial axes; 0 when there is none), ``dim`` (channel), ``value`` (signed),
-    ``ratio`` (|value| / median), ``median``; largest first within each module."""
+    The median comes from the histogram (bins of float32 bit patterns, 8 per octave), within a factor 1.125
+    (interpolated inside its bin, usually much closer), far finer than the 100x/1000x thresholds. A median of 0
+    (more than half the values exactly zero or below 2**-129) gives an infinite ratio. Records: ``module``,
+    ``token`` (position along the flattened token or spatial axes; 0 when there is none), ``dim`` (channel),
+    ``value`` (signed), ``ratio`` (|value| / median), ``median``; largest first within each module."""
     out = []
     for rec in records:
         s = rec.stats
@@ -150,15 +150,15 @@ def sparsity(records: Iterable[ModuleRecord]) -> list[dict[str, Any]]:
     out = []
     for rec in records:
         s = rec.stats
-        if s is None or s.zeros is None or not s.count:
+        if s is None or s.zeros is None or not s.zeros_count:
             continue
-        per_channel = s.zeros.cpu().to(torch.float64) / s.count
+        per_channel = s.zeros.cpu().to(torch.float64) / s.zeros_count
         out.append(
             {
                 "module": rec.name,
                 "kind": rec.kind,
                 "zero_fraction": _f(per_channel.mean()),
-                "near_zero_fraction": int(s.near.sum()) / (s.count * s.channels),
+                "near_zero_fraction": int(s.near.sum()) / (s.zeros_count * s.channels),
                 "near_zero": s.near_zero,
                 "min_channel_zero_fraction": _f(per_channel.min()),
                 "max_channel_zero_fraction": _f(per_channel.max()),

@@ -41,36 +41,63 @@ count; ``channel_dim=`` overrides (an int, or ``{name pattern: int}``).
 **Statistics** (``stats=``, a set of the names below, or ``"all"``; the default is all but ``cov``):
 mean, variance and mean square are always kept; ``kurtosis`` (3rd and 4th moments), ``minmax`` (per channel:
 dead units, outlier channels), ``topk`` (the ``topk`` largest |x| at distinct (token, channel) positions),
-``zeros`` (exact and ``|x| <= near_zero`` counts per channel), ``hist`` (log-scale histogram of |x|: medians,
-massive activations), ``cov`` (channel covariance for the effective rank, up to ``max_cov_features``
-channels; costs a (C x C) product per batch), ``branch`` (block output minus input), ``entropy`` (attention).
+``zeros`` (exact and ``|x| <= near_zero`` counts per channel), ``hist`` (histogram of |x| over float32 bit
+patterns, 8 bins per octave: medians, massive activations), ``cov`` (channel covariance for the effective rank,
+up to ``max_cov_features`` channels; costs a (C x C) product per batch), ``branch`` (block output minus input),
+``entropy`` (attention).
 
-**Cost.** Per hooked tensor, one pure function (:func:`~normact.probing.accumulators.batch_reductions`) makes
-every reduction, then a few small in-place updates follow; moment and top-k merges are queued and done in
-float64 every 64 batches. ``compile=True`` runs that function through ``torch.compile`` (compiled once per
-process and input rank), which fuses it into a few passes over the tensor.
+**Sampling** (``sample=``, default :data:`DEFAULT_SAMPLE`): every statistic but the attention entropy reads the
+samples ``0, k, 2k, ...`` of each batch (along the tensor's first axis), ``k = sample``; a batch of fewer than
+``k`` samples gives its first. The zero counts and the histogram (integer and scattered passes, the costliest
+per element) read one in :data:`SPARSE` of those: the samples ``0, 4k, 8k, ...``. Counts are those of the
+samples read (``stats.count``; ``stats.zeros_count`` for the zero counts), and every statistic is exact for
+them: the choice depends on the batch alone, so merging the reports of two parts of the data still gives the
+report of the whole. ``sample=1`` reads every sample for every statistic (all the data, several times the
+cost). Rare events (a unit firing once, a single large
+activation) can fall outside the samples; the moments, sparsity and medians are estimates from the samples.
+
+**Cost** (``docs/performance.md`` has figures). Per hooked tensor, the sampled view is copied into a staging
+buffer with the other outputs of its shape (at most 1 MiB per group); at the end of the forward pass (and before
+a report) each group is reduced by one call of :func:`~normact.probing.accumulators.batch_reductions`, a few
+passes over the data with no logarithm and no host synchronisation (on one CPU thread: the groups are small),
+and each record queues its small per-batch results, merged in float64 every 16 batches. A module returning its
+child's output unchanged (a residual block ending in its activation or norm) reuses the child's sample.
+Inference tensors have no version counter, so under ``torch.inference_mode`` that reuse is off (``no_grad``
+keeps it). ``compile=True`` runs the reduction function through ``torch.compile`` (compiled once per process and
+input rank), which fuses it into fewer passes after a compilation of tens of seconds on a CPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import functools
 import inspect
 import re
-from collections.abc import Callable, Iterable
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from normact.probing.accumulators import STAT_GROUPS, ActivationStats, EntropyStats, Moments, batch_reductions
+from normact.probing.accumulators import (
+    STAT_GROUPS,
+    ActivationStats,
+    EntropyStats,
+    Moments,
+    batch_reductions,
+    member,
+)
 from normact.probing.report import ModuleRecord, Report
 from normact.registry import KINDS, get_info, list_layers
 
-__all__ = ["DEFAULT_MODULES", "DEFAULT_STATS", "Probe", "module_kind", "probe"]
+__all__ = ["DEFAULT_MODULES", "DEFAULT_SAMPLE", "DEFAULT_STATS", "SPARSE", "Probe", "module_kind", "probe"]
 
 DEFAULT_MODULES = ("norm", "act", "attention", "block")
 DEFAULT_STATS = frozenset(s for s in STAT_GROUPS if s != "cov")
+DEFAULT_SAMPLE = 16
+SPARSE = 4  # when sampling, the zero counts and the histogram read one in SPARSE of the samples read
 SELECT_KINDS = ("norm", "act", "attention", "block")
 
 _NAME_NORM = re.compile(r"(Norm|Normalization)(\d+d)?$")
@@ -262,6 +289,25 @@ class _Target:
         self.handles: list[Any] = []
 
 
+_STAGE_BYTES = 1 << 20  # staged samples of one shape are reduced together, a group at most this large (a cache)
+_ONE_THREAD_BYTES = 4 << 20  # CPU reductions of at most this many bytes run on one thread (see _one_thread)
+
+
+class _Group:
+    """Copies of same-shape (sampled, canonical) outputs, reduced together by one call of
+    :func:`~normact.probing.accumulators.batch_reductions`: ``members`` are ``(stats, slot)`` pairs, ``gen``
+    counts the reductions (a slot is valid for the generation that filled it)."""
+
+    __slots__ = ("buf", "first", "gen", "members", "n")
+
+    def __init__(self, shape: torch.Size, first: bool, dtype: torch.dtype, device: torch.device, slots: int) -> None:
+        self.buf = torch.empty((max(slots, 1), *shape), dtype=dtype, device=device)
+        self.first = first
+        self.members: list[tuple[ActivationStats, int]] = []
+        self.n = 0
+        self.gen = 0
+
+
 class Probe:
     """The context manager returned by :func:`probe` (see the module docstring for every option)."""
 
@@ -277,6 +323,7 @@ class Probe:
         max_cov_features: int = 4096,
         channel_dim: int | dict[str, int] | None = None,
         force_attention_weights: bool = False,
+        sample: int = DEFAULT_SAMPLE,
         compile: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -289,6 +336,8 @@ class Probe:
             raise ValueError(f"unknown stats {unknown}: choose among {', '.join(STAT_GROUPS)} (or 'all')")
         if not isinstance(topk, int) or isinstance(topk, bool) or topk < 0:
             raise ValueError(f"topk must be an int >= 0, got {topk!r}")
+        if not isinstance(sample, int) or isinstance(sample, bool) or sample < 1:
+            raise ValueError(f"sample must be an int >= 1 (1: every sample of every batch), got {sample!r}")
         if not near_zero >= 0:
             raise ValueError(f"near_zero must be >= 0, got {near_zero!r}")
         if not isinstance(max_cov_features, int) or max_cov_features < 1:
@@ -300,6 +349,8 @@ class Probe:
         self.topk, self.near_zero, self.max_cov_features = topk, float(near_zero), max_cov_features
         self.channel_dim = channel_dim
         self.force_attention_weights = force_attention_weights
+        self.sample = sample
+        self._sparse = SPARSE if sample > 1 else 1
         self.compile = compile
         self._reduce = _compiled_reductions() if compile else None
         self._records: dict[str, ModuleRecord] = {}
@@ -307,7 +358,13 @@ class Probe:
         self._order = 0
         self._attached = False
         self._root_handle: Any = None
+        self._end_handle: Any = None
+        self._groups: dict[tuple[Any, ...], _Group] = {}  # same-shape samples staged until the forward ends
         self._mha_requests: dict[int, list[tuple[bool, bool]]] = {}
+        # the last folded output: (weak reference, version, channel axis, sampled view shape, then its staging group,
+        # slot and group generation, or None, its reductions and 0), so that a module returning its child's output
+        # unchanged reuses them
+        self._last: tuple[Any, ...] | None = None
         self.targets = self._select(modules, blocks)
 
     # selection
@@ -361,6 +418,7 @@ class Probe:
                     t.handles.append(t.module.register_forward_hook(self._output_hook(t)))
             if any(t.candidate for t in self.targets):
                 self._root_handle = self.model.register_forward_pre_hook(lambda m, a: self._finalize_blocks())
+            self._end_handle = self.model.register_forward_hook(lambda m, a, o: self.flush())
         except BaseException:
             self.detach()
             raise
@@ -376,6 +434,10 @@ class Probe:
         if self._root_handle is not None:
             self._root_handle.remove()
             self._root_handle = None
+        if self._end_handle is not None:
+            self._end_handle.remove()
+            self._end_handle = None
+        self.flush()
         self._mha_requests.clear()
         self._attached = False
 
@@ -391,9 +453,11 @@ class Probe:
 
     def reset(self) -> None:
         """Forget every statistic (the hooks stay)."""
+        self._groups.clear()
         self._records.clear()
         self._dims.clear()
         self._order = 0
+        self._last = None
 
     def _channel_dim(self, name: str, module: nn.Module, shape: torch.Size) -> int:
         cd = self.channel_dim
@@ -455,11 +519,69 @@ class Probe:
         return rec
 
     def _fold(self, t: _Target, y: Tensor) -> ModuleRecord:
-        rec, view, first = self._stats_record(t, y.detach())
+        rec, view, first = self._stats_record(t, y)  # under no_grad: views of y carry no graph
         rec.calls += 1
-        assert rec.stats is not None
-        rec.stats.update(view, first, self._reduce)
+        stats = rec.stats
+        assert stats is not None
+        if self.sample > 1:
+            view = view[:: self.sample]
+        # The same tensor object as the previous hook's, not modified in place since (inference tensors have no
+        # version counter: never reused), in the same layout (a block returning its last norm's or activation's
+        # output): its staged copy or its reductions serve again.
+        version = None if y.is_inference() else y._version
+        dim = self._dims[rec.name]
+        last = self._last
+        if last is not None and version is not None and last[0]() is y and last[1:4] == (version, dim, view.shape):
+            group, part, gen = last[4:]
+            if group is None:
+                stats.add_reduced(part)
+                return rec
+            if group.gen == gen:
+                group.members.append((stats, part))
+                return rec
+        wdtype = torch.float64 if view.dtype == torch.float64 else torch.float32
+        size = view.numel() * (8 if wdtype == torch.float64 else 4)
+        if stats.cov is not None or 2 * size > _STAGE_BYTES:  # reduced alone
+            with _one_thread(view.device.type == "cpu" and size <= _ONE_THREAD_BYTES):
+                reduced = stats.reduce(view, first, self._reduce, self._sparse)
+            stats.add_reduced(reduced)
+            self._last = None if version is None else (weakref.ref(y), version, dim, view.shape, None, reduced, 0)
+            return rec
+        key = (view.shape, first, wdtype, view.device)
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = _Group(view.shape, first, wdtype, view.device, _STAGE_BYTES // size)
+        elif group.n == group.buf.shape[0]:
+            self._reduce_group(group)
+        slot = group.n
+        group.buf[slot].copy_(view)
+        group.members.append((stats, slot))
+        group.n += 1
+        self._last = None if version is None else (weakref.ref(y), version, dim, view.shape, group, slot, group.gen)
         return rec
+
+    def _reduce_group(self, group: _Group) -> None:
+        """Reduce the staged samples of ``group`` at once and hand each record its part."""
+        if group.n:
+            x = group.buf[: group.n]
+            stats0 = group.members[0][0]
+            with _one_thread(x.device.type == "cpu"):
+                r = stats0.reduce_group(x, group.first, self._reduce, self._sparse)
+            n = x[0].numel() // stats0.channels
+            for stats, slot in group.members:
+                stats.add_reduced((n, member(r, slot)))
+        group.members = []
+        group.n = 0
+        group.gen += 1
+
+    def flush(self) -> None:
+        """Reduce every staged sample (the probe does it at the end of each forward pass of the model and before
+        a report); the staging buffers are released."""
+        with _stats_mode():
+            for group in self._groups.values():
+                self._reduce_group(group)
+        self._groups.clear()
+        self._last = None
 
     def _output_hook(self, t: _Target) -> Callable[..., None]:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
@@ -489,8 +611,12 @@ class Probe:
                 rec = self._fold(t, y)
                 if same and rec.branch is not None:
                     assert x is not None
-                    view, first = _canonical(y.detach() - x.detach(), self._dims[rec.name])
-                    rec.branch.update(view, first)
+                    yv, first = _canonical(y.detach(), self._dims[rec.name])
+                    xv, _ = _canonical(x.detach(), self._dims[rec.name])
+                    if self.sample > 1:
+                        yv, xv = yv[:: self.sample], xv[:: self.sample]
+                    with _one_thread(yv.device.type == "cpu" and yv.numel() * 4 <= _ONE_THREAD_BYTES):
+                        rec.branch.update(yv - xv, first)
 
         return hook
 
@@ -557,12 +683,14 @@ class Probe:
 
     def report(self) -> Report:
         """A snapshot of the statistics so far (later batches do not change it)."""
+        self.flush()
         self._finalize_blocks()
         config = {
             "stats": sorted(self.stats),
             "topk": self.topk,
             "near_zero": self.near_zero,
             "max_cov_features": self.max_cov_features,
+            "sample": self.sample,
         }
         return Report({k: r.clone() for k, r in self._records.items()}, config)
 
@@ -577,6 +705,22 @@ def _stats_mode() -> Any:
     if torch.is_inference_mode_enabled():
         return _InferenceOffNoGrad()
     return torch.no_grad()
+
+
+@contextlib.contextmanager
+def _one_thread(enabled: bool) -> Iterator[None]:
+    """Run small reductions (a staged group, a sample of at most ``_ONE_THREAD_BYTES``) on one CPU thread: their
+    many small operations gain less from splitting across threads than they lose in synchronisation (much more
+    when another process competes for the cores)."""
+    threads = torch.get_num_threads() if enabled else 1
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class _InferenceOffNoGrad:
@@ -630,6 +774,7 @@ def probe(
     ``modules`` selects what to hook (default: every norm, activation, attention module and residual block),
     ``stats`` what to accumulate (default: everything but the covariance); ``options`` are :class:`Probe`'s
     keyword arguments (``blocks``, ``topk``, ``near_zero``, ``max_cov_features``, ``channel_dim``,
-    ``force_attention_weights``, ``compile``). See :mod:`normact.probing.probe` for the selectors and statistics.
+    ``force_attention_weights``, ``sample``, ``compile``). See :mod:`normact.probing.probe` for the selectors,
+    statistics and sampling.
     """
     return Probe(model, modules, stats, **options)

@@ -24,7 +24,7 @@ from normact.probing.accumulators import ActivationStats, EntropyStats, Moments
 
 __all__ = ["ModuleRecord", "Report"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: histogram of float32 bit patterns (2048 int64 slots), probe config 'sample'
 
 
 @dataclass
@@ -227,7 +227,7 @@ class Report:
         return analyses.attention_entropy(self.records.values())
 
     def quantile(self, module: str, q: float) -> float:
-        """The ``q`` quantile of |x| at ``module``, from its histogram (accurate to a factor 10**(1/16))."""
+        """The ``q`` quantile of |x| at ``module``, from its histogram (accurate to a factor 1.125)."""
         stats = self[module].stats
         if stats is None or stats.hist is None:
             raise ValueError(f"{module!r} has no histogram (stat 'hist')")
