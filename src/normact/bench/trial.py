@@ -2,11 +2,15 @@
 
 A trial builds the model from registry names, trains it for ``steps`` optimizer steps on mini-batches
 drawn with a generator seeded by ``seed`` (one torch thread, so results do not depend on the executor),
-and records the loss curve, final metrics, wall time, throughput, peak memory and divergence.
+and records the loss curve, final metrics, wall time, throughput, peak memory and divergence. Before training,
+:func:`init_signal` records the signal propagation of the network at initialisation (``normact.probe`` on a
+copy of the model, one training-mode forward on a batch drawn with its own generator), which leaves the trial's
+training (weights, batches, random stream) exactly as without it.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -131,8 +135,43 @@ def _evaluate_text(model: nn.Module, data: TextData, spec: TrialSpec, context: i
     return {"val_loss": val_loss, "bpc": val_loss / math.log(2)}
 
 
-def run_trial(spec: TrialSpec, progress: ProgressFn | None = None) -> dict[str, Any]:
-    """Train and evaluate one trial; never raises for divergence (it is recorded)."""
+INIT_SIGNAL_SEED = 7919  # the probe batch's generator: seed + this, apart from the training batches'
+
+
+def init_signal(model: nn.Module, x: torch.Tensor) -> dict[str, Any] | None:
+    """Signal propagation of ``model`` at initialisation (Brock, De and Smith, 2021): one training-mode forward
+    of ``x`` through a copy of the model under ``normact.probe``, per residual block (or per activation where the
+    network has no residual blocks), in depth order: the average channel squared mean, the average channel
+    variance and the residual-branch variance; ``var_growth`` = last / first average variance. The model, its
+    buffers and the global random stream are left untouched. None when no block or activation was found."""
+    from normact.probing import probe
+
+    twin = copy.deepcopy(model).train()
+    devices = [x.device] if x.device.type == "cuda" else []
+    p = probe(twin, ("block", "act"), ("branch",), sample=1)
+    with torch.random.fork_rng(devices=devices), torch.no_grad(), p:
+        twin(x)
+    report = p.report()
+    layers, rows = "block", report.signal_propagation(("block",))
+    if not rows:
+        layers, rows = "act", report.signal_propagation(("act",))
+    if not rows:
+        return None
+    var = [r["avg_var"] for r in rows]
+    return {
+        "layers": layers,
+        "modules": [r["module"] for r in rows],
+        "avg_sq_mean": [r["avg_sq_mean"] for r in rows],
+        "avg_var": var,
+        "branch_var": [r["branch_var"] for r in rows],
+        "var_growth": var[-1] / var[0] if var[0] > 0 else None,
+        "final_var": var[-1],
+    }
+
+
+def run_trial(spec: TrialSpec, progress: ProgressFn | None = None, *, probe_init: bool = True) -> dict[str, Any]:
+    """Train and evaluate one trial; never raises for divergence (it is recorded). ``probe_init`` records the
+    network's signal propagation at initialisation (:func:`init_signal`; it does not change the training)."""
     torch.set_num_threads(1)
     if spec.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(spec.device)
@@ -155,6 +194,14 @@ def run_trial(spec: TrialSpec, progress: ProgressFn | None = None) -> dict[str, 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, spec.steps))
     gen = torch.Generator().manual_seed(spec.seed)
     batches = _image_batches(data, spec, gen) if not text else None
+    signal = None
+    if probe_init:
+        probe_gen = torch.Generator().manual_seed(spec.seed + INIT_SIGNAL_SEED)
+        if text:
+            x0 = _text_batch(data.train, spec.batch_size, context, probe_gen, spec.device)[0]
+        else:
+            x0 = next(_image_batches(data, spec, probe_gen))[0]
+        signal = init_signal(model, x0)
     curve: list[tuple[int, float]] = []
     diverged_at: int | None = None
     initial_loss = None
@@ -210,6 +257,7 @@ def run_trial(spec: TrialSpec, progress: ProgressFn | None = None) -> dict[str, 
         "throughput": steps_done * units / train_time if train_time > 0 else None,
         "throughput_unit": "tokens/s" if text else "images/s",
         "peak_memory_mb": _peak_memory_mb(),
+        "init_signal": signal,
         "torch": torch.__version__,
         "host": platform.node(),
     }

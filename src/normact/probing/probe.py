@@ -29,7 +29,9 @@ The default is every normalization layer, activation, attention module and resid
   heads), the per-head entropy is accumulated (with ``force_attention_weights=True``, MultiheadAttention is made
   to compute per-head weights and still returns what its caller asked for).
 - **block** (residual blocks): registered blocks, ``torch.nn.TransformerEncoderLayer``/``DecoderLayer`` and
-  modules found at the first forward: user classes with weights whose output has the shape of their input;
+  modules found at the first forward: user classes with weights whose output has the shape of one of their
+  floating tensor arguments (the first such is the block input, for the residual-branch statistics), and
+  the other instances of those classes (transition blocks that change the shape, without branch statistics);
   where such modules contain a norm, the innermost ones that contain a norm besides other weights (a
   ``TransformerBlock``, not the encoder around it nor its attention), else the outermost ones. ``blocks=``
   (selectors) names them explicitly instead. Blocks also accumulate the moments of output minus input.
@@ -222,6 +224,15 @@ def _first_tensor(obj: Any) -> Tensor | None:
     # model-output dataclasses (transformers' ModelOutput is a dict; others expose to_tuple)
     to_tuple = getattr(obj, "to_tuple", None)
     return _first_tensor(to_tuple()) if callable(to_tuple) else None
+
+
+def _stream_input(args: tuple, kwargs: dict, y: Tensor) -> Tensor | None:
+    """The input a block's output is compared with: the first floating tensor argument (positional, then keyword)
+    with the output's shape (``x`` of ``x + f(x)``; ``input_tensor`` of BERT's ``LayerNorm(f(h) + input_tensor)``)."""
+    for v in (*args, *kwargs.values()):
+        if isinstance(v, Tensor) and v.shape == y.shape and v.is_floating_point():
+            return v
+    return None
 
 
 def _attention_weights(output: Any) -> Tensor | None:
@@ -598,15 +609,11 @@ class Probe:
             y = _first_tensor(output)
             if y is None or not y.is_floating_point():
                 return
-            x = _first_tensor(args)
-            if x is None:
-                x = _first_tensor(kwargs)
-            same = x is not None and x.shape == y.shape and x.is_floating_point()
-            if t.candidate:
+            x = _stream_input(args, kwargs, y)
+            same = x is not None
+            if t.candidate:  # folded while unconfirmed: a shape-changing block of a confirmed class stays
                 t.seen = True
-                if not same:
-                    return
-                t.matched = True
+                t.matched = t.matched or same
             with _stats_mode():
                 rec = self._fold(t, y)
                 if same and rec.branch is not None:
@@ -658,7 +665,10 @@ class Probe:
         cands = [t for t in self.targets if t.candidate]
         if not cands or not any(t.seen for t in cands):
             return
-        matched = [t for t in cands if t.matched]
+        # residual blocks: candidates whose output had their input's shape, and the other instances of their classes
+        # (transition blocks that downsample or widen: no residual-branch statistics for them)
+        classes = {type(t.module) for t in cands if t.matched}
+        matched = [t for t in cands if t.matched or (t.seen and type(t.module) in classes)]
         with_norm = [t for t in matched if t.contains_norm]
         if with_norm:
             keep = {

@@ -336,10 +336,16 @@ class Report:
             raise ValueError(f"report format version {doc.get('version')} is not supported (expected {FORMAT_VERSION})")
         return cls.from_state(_decode(doc["state"]))
 
-    def table(self, title: str | None = "normact probe") -> Any:
-        """A ``rich.table.Table`` with one row per module."""
+    def table(self, title: str | None = "normact probe", max_rows: int | None = None) -> Any:
+        """A ``rich.table.Table`` with one row per module (the first ``max_rows`` if given, said in the title);
+        module names are printed verbatim (no rich markup)."""
+        from rich.markup import escape
         from rich.table import Table
 
+        rows = self.summary()
+        if max_rows is not None and len(rows) > max_rows:
+            title = f"{title or 'modules'} (first {max_rows} of {len(rows)} modules)"
+            rows = rows[:max_rows]
         table = Table(title=title)
         cols = [
             ("module", "module", "left"),
@@ -358,7 +364,7 @@ class Report:
         ]
         for _, header, justify in cols:
             table.add_column(header, justify=justify, no_wrap=header == "module")
-        for row in self.summary():
+        for row in rows:
             cells = []
             for key, _, _ in cols:
                 v = row.get(key)
@@ -369,7 +375,7 @@ class Report:
                 elif isinstance(v, float):
                     cells.append(f"{v:.3g}")
                 else:
-                    cells.append(str(v))
+                    cells.append(escape(str(v)))
             table.add_row(*cells)
         return table
 
