@@ -459,6 +459,13 @@ def _add_probe_command(app: Any, console: Any, err: Any) -> None:
         seed: Annotated[int, typer.Option(help="Seed of the data and of normact's networks.")] = 0,
         device: Annotated[str, typer.Option(help="Torch device.")] = "cpu",
         rows: Annotated[int, typer.Option(help="Table rows to print (0: all).")] = 40,
+        attention: Annotated[
+            bool,
+            typer.Option(
+                "--attention/--no-attention",
+                help="Hugging Face models: eager attention returning weights, for the per-head entropy.",
+            ),
+        ] = True,
         plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG plots into --out.")] = True,
         progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
     ) -> None:
@@ -475,6 +482,7 @@ def _add_probe_command(app: Any, console: Any, err: Any) -> None:
             with console.status(f"loading {escape(model)}"):
                 zm = load_model(model, norm=norm, act=act, seed=seed, **options)
             zm.model.to(device)
+            run_kwargs = {"output_attentions": True} if attention and zm.expose_attention() else {}
             source = zm.batches(data, batch_size=batch_size, num_batches=batches, seq_len=seq_len, seed=seed)
             kwargs: dict[str, Any] = {}
             if sample is not None:
@@ -499,7 +507,7 @@ def _add_probe_command(app: Any, console: Any, err: Any) -> None:
                 task = bar.add_task("batches", total=batches)
                 for batch in source:
                     moved = {k: v.to(device) for k, v in batch.items()} if isinstance(batch, dict) else batch.to(device)
-                    zm.run(moved)
+                    zm.run(moved, **run_kwargs)
                     bar.advance(task)
         except (ValueError, TypeError) as e:
             err.print(f"[bold red]error:[/] {escape(str(e))}")

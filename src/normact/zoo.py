@@ -97,9 +97,25 @@ class ZooModel:
     hf: bool = False  # a transformers model: called with keyword inputs (input_ids, attention_mask)
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def run(self, batch: Tensor | dict[str, Tensor]) -> Any:
-        """Call the model on one batch from :func:`model_batches`."""
-        return self.model(**batch) if isinstance(batch, dict) else self.model(batch)
+    def run(self, batch: Tensor | dict[str, Tensor], **kwargs: Any) -> Any:
+        """Call the model on one batch from :func:`model_batches` (``kwargs`` go to a transformers model)."""
+        return self.model(**batch, **kwargs) if isinstance(batch, dict) else self.model(batch)
+
+    def expose_attention(self) -> bool:
+        """Make a transformers model compute attention weights its attention modules return (eager attention;
+        call :meth:`run` with ``output_attentions=True``), for the probe's per-head entropy. False for other
+        models (their attention modules return no weights)."""
+        if not self.hf:
+            return False
+        setter = getattr(self.model, "set_attn_implementation", None)
+        try:
+            if callable(setter):
+                setter("eager")
+            else:
+                self.model.config._attn_implementation = "eager"
+        except (ValueError, AttributeError):
+            return False
+        return True
 
     def batches(self, data: str | None = None, **kwargs: Any) -> Iterator[Tensor | dict[str, Tensor]]:
         """:func:`model_batches` for this model."""

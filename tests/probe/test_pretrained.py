@@ -3,6 +3,7 @@ massive activations (Sun et al., 2024, arXiv:2402.17762), none in all-MiniLM-L6-
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import pytest
@@ -72,3 +73,22 @@ def test_mobilenet_v2_blocks_and_batchnorm_statistics():
     assert sum(r["branch_var"] is not None for r in rows) == len(with_skip) == 10
     kinds = Counter(r["kind"] for r in report.summary())
     assert kinds["norm"] == 52 and kinds["act"] == 35 and kinds["block"] == 17
+
+
+def test_minilm_attention_entropy_per_head_from_the_command_line(tmp_path, monkeypatch):
+    _load("minilm")  # skips when the package is missing
+    from typer.testing import CliRunner
+
+    from normact.cli import _build_app
+    from normact.probing import Report
+
+    monkeypatch.setenv("COLUMNS", "200")
+    args = ["probe", "minilm", "--batches", "1", "--batch-size", "2", "--seq-len", "16", "--out", str(tmp_path),
+            "--no-progress"]  # fmt: skip
+    result = CliRunner().invoke(_build_app(), args)
+    assert result.exit_code == 0, result.output
+    entropy = Report.from_json(tmp_path / "report.json").attention_entropy()
+    # one record per layer, from the innermost attention module (BertSelfAttention inside BertAttention)
+    assert [e["module"] for e in entropy] == [f"encoder.layer.{i}.attention.self" for i in range(6)]
+    assert all(len(e["heads"]) == 12 and all(0 <= h <= math.log(16) + 1e-6 for h in e["heads"]) for e in entropy)
+    assert (tmp_path / "attention_entropy.png").exists()

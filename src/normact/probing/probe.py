@@ -26,8 +26,9 @@ The default is every normalization layer, activation, attention module and resid
   is imported).
 - **attention**: registered attention layers, ``torch.nn.MultiheadAttention`` and classes named ``*Attention``;
   when the module returns attention weights (an extra output ``(B, H, T, S)``, or ``(B, T, S)`` averaged over
-  heads), the per-head entropy is accumulated (with ``force_attention_weights=True``, MultiheadAttention is made
-  to compute per-head weights and still returns what its caller asked for).
+  heads), the per-head entropy is accumulated, by the innermost of nested attention modules (with
+  ``force_attention_weights=True``, MultiheadAttention is made to compute per-head weights and still returns what
+  its caller asked for; transformers models return weights under eager attention with ``output_attentions=True``).
 - **block** (residual blocks): registered blocks, ``torch.nn.TransformerEncoderLayer``/``DecoderLayer`` and
   modules found at the first forward: user classes with weights whose output has the shape of one of their
   floating tensor arguments (the first such is the block input, for the residual-branch statistics), and
@@ -290,13 +291,14 @@ def _canonical(x: Tensor, channel_dim: int) -> tuple[Tensor, bool]:
 class _Target:
     """One hooked module: its name, kind, and whether it is a residual-block candidate still to confirm."""
 
-    __slots__ = ("candidate", "contains_norm", "handles", "kind", "matched", "module", "name", "seen")
+    __slots__ = ("candidate", "contains_norm", "handles", "inner_entropy", "kind", "matched", "module", "name", "seen")
 
     def __init__(self, name: str, module: nn.Module, kind: str, candidate: bool = False) -> None:
         self.name, self.module, self.kind, self.candidate = name, module, kind, candidate
         self.matched = False  # a candidate's output had its input's shape
         self.seen = False
         self.contains_norm = False
+        self.inner_entropy = False  # an attention module around another one: the inner one reports the entropy
         self.handles: list[Any] = []
 
 
@@ -403,6 +405,10 @@ class Probe:
                     prefix = name + "."
                     t.contains_norm = any(n.startswith(prefix) for n in norms) and _has_other_weights(module, classify)
                     targets.append(t)
+        attention = [t.name for t in targets if t.kind == "attention"]
+        for t in targets:
+            if t.kind == "attention":
+                t.inner_entropy = any(n.startswith(t.name + ".") for n in attention)
         return targets
 
     # hooks
@@ -632,7 +638,7 @@ class Probe:
             requests = self._mha_requests.get(id(module))
             request = requests.pop() if requests else None
             w = _attention_weights(output)
-            if w is not None and "entropy" in self.stats:
+            if w is not None and "entropy" in self.stats and not t.inner_entropy:
                 with _stats_mode():
                     w = w.detach()
                     rec = self._entropy_record(t, w, EntropyStats.canonical(w).shape[1])
