@@ -6,7 +6,7 @@
 '2503.10622'
 """
 
-from normact import functional, layers, probing
+from normact import functional, layers, probing, surgery
 from normact.distributed import convert_sync
 from normact.gaussian import GaussianMoments, activation_gain, gaussian_moments
 from normact.layers import *  # noqa: F403  (the layer classes)
@@ -27,6 +27,13 @@ from normact.registry import (
     register,
     resolve,
 )
+from normact.surgery import (
+    convert_preln_to_rmsnorm,
+    fold_batchnorm,
+    fold_norm_affine,
+    recalibrate_batchnorm,
+    swap,
+)
 
 __version__ = "0.1.0"
 
@@ -40,8 +47,11 @@ __all__ = [
     "Properties",
     "UnknownLayerError",
     "activation_gain",
+    "convert_preln_to_rmsnorm",
     "convert_sync",
     "create",
+    "fold_batchnorm",
+    "fold_norm_affine",
     "functional",
     "gaussian_moments",
     "get_info",
@@ -50,7 +60,10 @@ __all__ = [
     "list_layers",
     "probe",
     "probing",
+    "recalibrate_batchnorm",
     "register",
     "resolve",
+    "surgery",
+    "swap",
     *_layer_names,
 ]
