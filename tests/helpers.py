@@ -47,3 +47,15 @@ def perturb_bn(module: nn.Module, seed: int = 1) -> nn.Module:
     """:func:`perturb` of the parameters and of BatchNorm's running statistics (``running_mean`` shifted,
     ``running_var`` scaled)."""
     return perturb(module, seed, add=("running_mean",), mul=("running_var",))
+
+
+def zoo_model_or_skip(name: str):
+    """``normact.zoo.load_model(name)``, or skip the test naming the package to install."""
+    import pytest
+
+    from normact.zoo import ModelUnavailableError, load_model
+
+    try:
+        return load_model(name)
+    except ModelUnavailableError as e:
+        pytest.skip(str(e))

@@ -41,16 +41,9 @@ def test_pretrained_mobilenet_v2_recognizes_the_sample_photos():
         zm = load_model("mobilenet_v2")
     except ModelUnavailableError as e:
         pytest.skip(str(e))
-    from normact.zoo import IMAGENET_MEAN, IMAGENET_STD, sample_images
+    from normact.zoo import imagenet_preprocess, sample_images
 
-    china, flower = sample_images()
-    crops = []
-    for img in (china, flower):  # resize the short side to 256, center-crop 224
-        h, w = img.shape[1:]
-        img = torch.nn.functional.interpolate(img[None], (256, round(256 * w / h)), mode="bilinear", antialias=True)
-        left = (img.shape[3] - 224) // 2
-        crops.append(img[0, :, 16:240, left : left + 224])
-    x = (torch.stack(crops) - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+    x = torch.stack([imagenet_preprocess(img) for img in sample_images()])  # china, flower
     with torch.no_grad():
         top5 = zm.model(x).topk(5).indices
     assert 698 in top5[0].tolist()  # ImageNet class 698: palace (the Summer Palace photo)
@@ -97,6 +90,19 @@ def test_bad_data_is_refused_clearly(name, data, message):
     zm = load_model(name, depth=8) if name == "resnet" else load_model(name, depth=1)
     with pytest.raises(ValueError, match=message):
         list(model_batches(zm, data))
+
+
+def test_imagenet_preprocess_resizes_the_short_side_and_centre_crops():
+    from normact.zoo import IMAGENET_MEAN, IMAGENET_STD, imagenet_preprocess
+
+    img = torch.rand(3, 300, 500)
+    out = imagenet_preprocess(img, size=100, resize=120)
+    assert out.shape == (3, 100, 100)
+    flat = imagenet_preprocess(torch.full((3, 40, 60), 0.5), size=8, resize=10)
+    expected = (0.5 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    torch.testing.assert_close(flat, expected.view(3, 1, 1).expand(3, 8, 8))
+    with pytest.raises(ValueError, match=r"\(3, H, W\)"):
+        imagenet_preprocess(torch.rand(1, 3, 8, 8))
 
 
 def test_bad_models_are_refused_clearly(tmp_path, monkeypatch):

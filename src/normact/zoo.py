@@ -42,6 +42,7 @@ __all__ = [
     "ZooModel",
     "corpus_text",
     "imagenet_labels",
+    "imagenet_preprocess",
     "load_model",
     "model_batches",
     "sample_images",
@@ -332,6 +333,20 @@ def sample_images() -> list[Tensor]:
     except ImportError as e:
         raise ModelUnavailableError("the 'images' data needs scikit-learn: pip install scikit-learn") from e
     return [torch.from_numpy(img.copy()).permute(2, 0, 1).float() / 255 for img in load_sample_images().images]
+
+
+def imagenet_preprocess(image: Tensor, size: int = 224, resize: int = 256) -> Tensor:
+    """The standard ImageNet evaluation transform of a ``(3, H, W)`` image in [0, 1]: bilinear resize (antialiased)
+    of the short side to ``resize``, centre crop ``size`` x ``size``, normalisation by :data:`IMAGENET_MEAN` and
+    :data:`IMAGENET_STD`."""
+    if image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(f"expected a (3, H, W) image, got shape {tuple(image.shape)}")
+    h, w = image.shape[1:]
+    shape = (resize, round(w * resize / h)) if h <= w else (round(h * resize / w), resize)
+    r = torch.nn.functional.interpolate(image[None].float(), shape, mode="bilinear", antialias=True)[0]
+    top, left = (r.shape[1] - size) // 2, (r.shape[2] - size) // 2
+    crop = r[:, top : top + size, left : left + size].clamp(0, 1)
+    return (crop - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
 
 def _image_batches(zm: ZooModel, num: int, batch: int, gen: torch.Generator) -> Iterator[Tensor]:

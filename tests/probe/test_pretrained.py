@@ -10,19 +10,12 @@ import pytest
 import torch
 
 import normact
-from normact.zoo import ModelUnavailableError, load_model
-
-
-def _load(name):
-    try:
-        return load_model(name)
-    except ModelUnavailableError as e:
-        pytest.skip(str(e))
+from tests.helpers import zoo_model_or_skip
 
 
 @pytest.fixture(scope="module")
 def smollm2():
-    return _load("smollm2")
+    return zoo_model_or_skip("smollm2")
 
 
 def _probe(zm, data, **kwargs):
@@ -51,7 +44,7 @@ def test_smollm2_massive_activations_in_one_residual_dimension(smollm2):
 
 
 def test_minilm_has_no_massive_activations():
-    zm = _load("minilm")
+    zm = zoo_model_or_skip("minilm")
     report = _probe(zm, "text", batch_size=4, num_batches=2, seq_len=32)
     assert not report.massive_activations()
     rows = report.summary()
@@ -65,7 +58,7 @@ def test_minilm_has_no_massive_activations():
 
 
 def test_mobilenet_v2_blocks_and_batchnorm_statistics():
-    zm = _load("mobilenet_v2")
+    zm = zoo_model_or_skip("mobilenet_v2")
     report = _probe(zm, "images", batch_size=4, num_batches=2)
     rows = report.signal_propagation()
     assert len(rows) == 17  # every inverted-residual block, found without naming it
@@ -76,7 +69,7 @@ def test_mobilenet_v2_blocks_and_batchnorm_statistics():
 
 
 def test_minilm_attention_entropy_per_head_from_the_command_line(tmp_path, monkeypatch):
-    _load("minilm")  # skips when the package is missing
+    zoo_model_or_skip("minilm")  # skips when the package is missing
     from typer.testing import CliRunner
 
     from normact.cli import _build_app

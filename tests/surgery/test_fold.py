@@ -26,7 +26,7 @@ from normact.surgery.fold import (
     fold_norm_affine,
     freeze_layernorm_scale,
 )
-from normact.zoo import IMAGENET_MEAN, IMAGENET_STD, ModelUnavailableError
+from normact.zoo import ModelUnavailableError
 
 
 @pytest.fixture(autouse=True)
@@ -135,15 +135,7 @@ def mobilenet():
         photos = zoo.sample_images()
     except ModelUnavailableError as e:
         pytest.skip(str(e))
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    centre = []
-    for img in photos:  # resize the short side to 256, centre crop 224
-        h, w = img.shape[1:]
-        size = (256, round(w * 256 / h)) if h <= w else (round(h * 256 / w), 256)
-        r = F.interpolate(img[None], size, mode="bilinear", antialias=True, align_corners=False)[0]
-        top, left = (r.shape[1] - 224) // 2, (r.shape[2] - 224) // 2
-        centre.append((r[:, top : top + 224, left : left + 224].clamp(0, 1) - mean) / std)
+    centre = [zoo.imagenet_preprocess(img) for img in photos]  # resize the short side to 256, centre crop 224
     crops = next(iter(zm.batches("images", batch_size=4, num_batches=1, seed=3)))
     x = torch.cat([torch.stack(centre), crops])
     original = zm.model

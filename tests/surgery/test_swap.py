@@ -14,26 +14,19 @@ from torch import nn
 
 import normact
 from normact.surgery.swap import LayoutAdapter, NormAct, load_swapped, save_swapped, swap, swap_recipes
-from normact.zoo import ModelUnavailableError, load_model
+from tests.helpers import zoo_model_or_skip
 
 transformers = pytest.importorskip("transformers")
 
 
-def _load(name):
-    try:
-        return load_model(name)
-    except ModelUnavailableError as e:
-        pytest.skip(str(e))
-
-
 @pytest.fixture(scope="module")
 def minilm():
-    return _load("minilm")
+    return zoo_model_or_skip("minilm")
 
 
 @pytest.fixture(scope="module")
 def smollm2():
-    return _load("smollm2")
+    return zoo_model_or_skip("smollm2")
 
 
 def _numel(model: nn.Module) -> int:
