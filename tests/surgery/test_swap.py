@@ -130,6 +130,24 @@ def test_smollm2_rmsnorm_and_silu_swaps_are_exact(smollm2):
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-4)
 
 
+def test_smollm2_norm_gains_fold_into_the_following_linears(smollm2):
+    """fold_norm_affine on the pretrained SmolLM2 (after or before the swaps above: their layers are equivalent):
+    every RMSNorm whose output only feeds linears is folded, the final norm (read by the tied LM head) is listed,
+    and the logits do not change."""
+    from normact.surgery import fold_norm_affine
+
+    model = copy.deepcopy(smollm2.model)
+    ids = torch.tensor([[1, 520, 3011, 314, 253, 1345, 30, 657, 28, 9]])
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+    report = fold_norm_affine(model)
+    assert len(report.folded) == 60 and len(report.skipped) == 1
+    assert report.skipped[0].name == "model.norm"
+    with torch.no_grad():
+        out = model(input_ids=ids).logits
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-3)
+
+
 # ---------------------------------------------------------------------------------------------------- transformers
 
 
