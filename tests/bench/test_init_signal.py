@@ -91,3 +91,12 @@ def test_init_signal_table_and_results_command(tmp_path, monkeypatch):
     assert "signal propagation at initialisation" in shown.output and "9 blocks" in shown.output
     csv_out = CliRunner().invoke(app, ["results", "--db", str(db), "--csv"]).output
     assert "init_var_growth" in csv_out.splitlines()[0]
+
+
+@pytest.mark.parametrize("norm", ["batchnorm", "layernorm", "dyt"])
+def test_norms_in_layout_adapters_are_not_residual_blocks(norm):
+    """The bench wraps token norms in adapters (modules whose only weights are the norm's, output shaped like the
+    input): they are not blocks, so a CNN without residual connections reports its activations for every norm."""
+    spec = TrialSpec(task="digits", model="cnn", norm=norm, act="relu", lr=3e-3, seed=0, steps=2, batch_size=32)
+    sig = run_trial(spec)["init_signal"]
+    assert sig["layers"] == "act" and len(sig["modules"]) == 3  # the three ReLUs

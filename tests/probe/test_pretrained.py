@@ -31,15 +31,22 @@ def test_smollm2_massive_activations_in_one_residual_dimension(smollm2):
     assert len(blocks) == 30  # the decoder layers, found as residual blocks without being named
     massive = report.massive_activations()  # defaults: |x| > 100 and > 1000 x the layer's median
     assert massive, "no massive activation found"
-    assert Counter(m["dim"] for m in massive).keys() == {507}  # a single residual dimension
+    # a single residual dimension: 507 holds the largest value of every module and nearly all the records (a
+    # second dimension, 247, reaches about 1,800, just over 1000x the median, in a layer or two for some texts)
+    dims = Counter(m["dim"] for m in massive)
+    assert dims.most_common(1)[0][0] == 507 and dims[507] >= 0.8 * len(massive)
+    largest = {}
+    for m in massive:
+        if abs(m["value"]) > abs(largest.get(m["module"], {"value": 0})["value"]):
+            largest[m["module"]] = m
+    assert {m["dim"] for m in largest.values()} == {507}
     assert all(m["module"] in blocks for m in massive)  # in the residual stream (block outputs)
     assert all(m["token"] == 0 for m in massive)  # at the first token
-    depth = sorted({blocks.index(m["module"]) for m in massive})
+    depth = sorted({blocks.index(m["module"]) for m in largest.values()})
     assert 3 <= depth[0] <= 15 and depth[-1] >= 25  # from the early-middle layers on
     assert depth == list(range(depth[0], depth[-1] + 1))  # in every layer from there
-    largest = max(abs(m["value"]) for m in massive)
-    assert 1e4 <= largest < 1e5  # order of magnitude: the reported value is about 17,860
-    assert all(1e3 <= m["ratio"] < 1e5 for m in massive)  # thousands of times the median
+    assert all(1e4 <= abs(m["value"]) < 1e5 for m in largest.values())  # the reported value is about 17,860
+    assert all(1e3 <= m["ratio"] < 1e5 for m in largest.values())  # thousands of times the median
     assert all(0.5 < m["median"] < 20 for m in massive)
 
 

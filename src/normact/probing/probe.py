@@ -30,12 +30,13 @@ The default is every normalization layer, activation, attention module and resid
   ``force_attention_weights=True``, MultiheadAttention is made to compute per-head weights and still returns what
   its caller asked for; transformers models return weights under eager attention with ``output_attentions=True``).
 - **block** (residual blocks): registered blocks, ``torch.nn.TransformerEncoderLayer``/``DecoderLayer`` and
-  modules found at the first forward: user classes with weights whose output has the shape of one of their
-  floating tensor arguments (the first such is the block input, for the residual-branch statistics), and
-  the other instances of those classes (transition blocks that change the shape, without branch statistics);
-  where such modules contain a norm, the innermost ones that contain a norm besides other weights (a
-  ``TransformerBlock``, not the encoder around it nor its attention), else the outermost ones. ``blocks=``
-  (selectors) names them explicitly instead. Blocks also accumulate the moments of output minus input.
+  modules found at the first forward: user classes with weights (besides their norms': a norm wrapped in a layout
+  adapter is not a block) whose output has the shape of one of their floating tensor arguments (the first such is
+  the block input, for the residual-branch statistics), and the other instances of those classes (transition
+  blocks that change the shape, without branch statistics); where such modules contain a norm, the innermost
+  ones that contain a norm besides other weights (a ``TransformerBlock``, not the encoder around it nor its
+  attention), else the outermost ones. ``blocks=`` (selectors) names them explicitly instead. Blocks also
+  accumulate the moments of output minus input.
 
 **Channels** are axis 1 for tensors of rank >= 4 and the last axis otherwise, except modules that declare
 their features (``normalized_shape``, ``num_features``, ``num_channels``), whose axis is found from that
@@ -769,14 +770,15 @@ def _has_other_weights(module: nn.Module, classify: _Classifier) -> bool:
 
 
 def _block_candidate(module: nn.Module, classify: _Classifier) -> bool:
-    """A user-defined module with weights that is not itself a norm, activation or attention layer."""
+    """A user-defined module with weights besides its norms' (not a norm in a layout adapter) that is not itself a
+    norm, activation or attention layer."""
     if classify(module) is not None:
         return False
     if type(module).__module__.startswith("torch.") or isinstance(
         module, (nn.Sequential, nn.ModuleList, nn.ModuleDict)
     ):
         return False
-    return _has_weights(module)
+    return _has_weights(module) and _has_other_weights(module, classify)
 
 
 def probe(
