@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from normact._checks import check_float, check_momentum
 from normact.probing.probe import module_kind
 from normact.registry import get_info
+from normact.surgery._state import ParamSnapshot
 
 __all__ = [
     "ChannelStats",
@@ -203,11 +204,11 @@ class _Moments:
         return (self.m2 / self.count).sqrt()
 
 
-def _snapshot(modules: Iterable[nn.Module]) -> dict[nn.Module, dict[str, Tensor]]:
+def _snapshot_buffers(modules: Iterable[nn.Module]) -> dict[nn.Module, dict[str, Tensor]]:
     return {m: {k: b.detach().clone() for k, b in m.named_buffers(recurse=False) if b is not None} for m in modules}
 
 
-def _restore(snap: Mapping[nn.Module, Mapping[str, Tensor]]) -> None:
+def _restore_buffers(snap: Mapping[nn.Module, Mapping[str, Tensor]]) -> None:
     with torch.no_grad():
         for m, bufs in snap.items():
             for k, v in bufs.items():
@@ -290,7 +291,7 @@ def recalibrate_batchnorm(
     names = {m: n for n, m in reversed(list(found.items()))}  # first name of shared layers
     plain_classes = _plain_bn_classes()
     pooled = momentum is None and reset
-    snap = _snapshot(bns)
+    snap = _snapshot_buffers(bns)
     saved_momentum = {m: m.momentum for m in bns}
     calls = dict.fromkeys(bns, 0)
     moments: dict[nn.Module, _Moments] = {}
@@ -336,7 +337,7 @@ def recalibrate_batchnorm(
                 if isinstance(getattr(m, "num_batches_tracked", None), Tensor):
                     m.num_batches_tracked.fill_(calls[m])
     except BaseException:
-        _restore(snap)
+        _restore_buffers(snap)
         raise
     finally:
         for h in handles:
@@ -347,12 +348,12 @@ def recalibrate_batchnorm(
     if missed:
         listed = ", ".join(f"{names[m]} ({type(m).__name__})" for m in missed)
         if strict:
-            _restore(snap)
+            _restore_buffers(snap)
             raise ValueError(
                 f"recalibrate_batchnorm: no batch reached {listed}; every BN layer was restored. Pass strict=False "
                 "to recalibrate the others and keep these unchanged"
             )
-        _restore({m: snap[m] for m in missed})
+        _restore_buffers({m: snap[m] for m in missed})
         warnings.warn(f"recalibrate_batchnorm: no batch reached {listed}; left unchanged", stacklevel=2)
     return len(bns) - len(missed)
 
@@ -591,7 +592,7 @@ def renormalize(
     if not data:
         raise ValueError("batches is empty: give at least one batch")
     order = _forward_order(model, {n: m for n, (m, _) in plan.items()}, data[0], forward)
-    saved = _ParamSnapshot(m for m, _ in plan.values())
+    saved = ParamSnapshot((m for m, _ in plan.values()), ("affine", "elementwise_affine"))
     try:
         for name in order:
             module, stats = plan[name]
@@ -656,29 +657,6 @@ def _forward_order(model: nn.Module, modules: Mapping[str, nn.Module], batch: An
     if missed:
         raise ValueError(f"renormalize: the forward pass does not reach {', '.join(missed)}")
     return order
-
-
-class _ParamSnapshot:
-    """The parameters (objects and values) and affine flags of some modules, to undo :func:`_fold`."""
-
-    FLAGS = ("affine", "elementwise_affine")
-
-    def __init__(self, modules: Iterable[nn.Module]) -> None:
-        self.params = {
-            m: {k: (p, None if p is None else p.detach().clone()) for k, p in m._parameters.items()} for m in modules
-        }
-        self.flags = {m: {f: getattr(m, f) for f in self.FLAGS if hasattr(m, f)} for m in self.params}
-
-    def restore(self) -> None:
-        with torch.no_grad():
-            for m, params in self.params.items():
-                for k in list(m._parameters):
-                    p, value = params.get(k, (None, None))
-                    if p is not None:
-                        p.copy_(value)
-                    m._parameters[k] = p
-                for f, value in self.flags[m].items():
-                    setattr(m, f, value)
 
 
 def _correction(name: str, acc: _Moments, stats: ChannelStats, mode: str) -> tuple[Tensor, Tensor | None]:

@@ -40,6 +40,7 @@ from torch.overrides import TorchFunctionMode
 
 import normact
 from normact.layers.norm.layer import RMSNorm
+from normact.surgery._state import ParamSnapshot
 
 __all__ = [
     "CRMSNormDecompress",
@@ -621,32 +622,7 @@ def _close(got: Tensor, ref: Tensor, rtol: float = 1e-4) -> bool:
     return bool((got.detach().float() - ref.detach().float()).abs().max() <= rtol * max(scale, 1e-3) + 1e-6)
 
 
-def _snapshot(*modules: nn.Module) -> list[tuple[nn.Module, dict[str, Any], dict[str, Any]]]:
-    snap = []
-    for m in modules:
-        params = {k: (v.detach().clone() if v is not None else None) for k, v in m._parameters.items()}
-        attrs = {k: getattr(m, k) for k in ("in_features", "out_features", "nf", "nx") if hasattr(m, k)}
-        snap.append((m, params, attrs))
-    return snap
-
-
-def _restore(snap: list[tuple[nn.Module, dict[str, Any], dict[str, Any]]]) -> None:
-    for m, params, attrs in snap:
-        for k, v in params.items():
-            if v is None:
-                m._parameters[k] = None
-            else:
-                cur = m._parameters.get(k)
-                if cur is not None and cur.shape == v.shape:
-                    with torch.no_grad():
-                        cur.copy_(v)
-                else:
-                    m._parameters[k] = nn.Parameter(v, requires_grad=cur.requires_grad if cur is not None else True)
-        for k, v in attrs.items():
-            setattr(m, k, v)
-        for k in list(m._parameters):
-            if k not in params:
-                del m._parameters[k]
+_LINEAR_ATTRS = ("in_features", "out_features", "nf", "nx")  # sizes a fold may change (CRMS compression)
 
 
 # ---------------------------------------------------------------------------------------------------- BatchNorm
@@ -704,7 +680,7 @@ def _fold_bn_into(layer: nn.Module, bn: nn.Module) -> str | None:
             ref = bn(layer(x))
     except Exception as e:
         return f"its producer and it cannot be run together on a probe input ({type(e).__name__}: {e})"[:200]
-    snap = _snapshot(layer)
+    snap = ParamSnapshot([layer], _LINEAR_ATTRS)
     w = layer.weight.detach().double()
     view = (-1,) + (1,) * (w.dim() - 1)
     b = layer.bias.detach().double() if layer.bias is not None else torch.zeros_like(scale)
@@ -713,7 +689,7 @@ def _fold_bn_into(layer: nn.Module, bn: nn.Module) -> str | None:
         _set_param(layer, "bias", b * scale.to(w.device) + shift.to(w.device))
         got = layer(x)
     if not _close(got, ref):
-        _restore(snap)
+        snap.restore()
         return "folding does not reproduce its output on a probe input (the layer is not a plain conv/linear)"
     return None
 
@@ -1040,7 +1016,7 @@ def _fold_norm_into(
     x = _probe_vectors(d, g)
     with torch.no_grad(), _eval_mode(norm, *linears):
         refs = [lin(norm(x)) for lin in linears]
-    snap = _snapshot(norm, *linears)
+    snap = ParamSnapshot([norm, *linears], _LINEAR_ATTRS)
     with torch.no_grad():
         for lin in linears:
             _fold_affine_into_linear(lin, g, beta)
@@ -1048,7 +1024,7 @@ def _fold_norm_into(
         with _eval_mode(norm, *linears):
             got = [lin(norm(x)) for lin in linears]
     if not all(_close(a, r, 1e-5) for a, r in zip(got, refs, strict=True)):
-        _restore(snap)
+        snap.restore()
         return "folding does not reproduce the output on a probe input"
     return None
 
