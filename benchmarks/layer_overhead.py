@@ -34,6 +34,7 @@ def _pairs(features: int) -> list[tuple[str, Callable[[], nn.Module], Callable[[
         ("batchnorm2d", lambda: normact.create("batchnorm2d", c), lambda: nn.BatchNorm2d(c), "nchw"),
         ("groupnorm", lambda: normact.create("groupnorm", c, num_groups=8), lambda: nn.GroupNorm(8, c), "nchw"),
         ("gelu", lambda: normact.create("gelu"), lambda: nn.GELU(), "rows"),
+        ("gelu_tanh", lambda: normact.create("gelu_tanh"), lambda: nn.GELU(approximate="tanh"), "rows"),
         ("silu", lambda: normact.create("silu"), lambda: nn.SiLU(), "rows"),
         ("mish", lambda: normact.create("mish"), lambda: nn.Mish(), "rows"),
     ]

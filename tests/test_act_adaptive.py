@@ -78,6 +78,36 @@ def test_apa_equals_the_official_softplus_computation():
         torch.testing.assert_close(aglu(x), x * official, rtol=1e-8, atol=1e-12)
 
 
+def _apa_closed_form(x, kappa, lam):
+    """APA and its derivatives written out by hand: with e = exp(-kappa x), u = lambda e + 1 and
+    f = u^(-1/lambda) = exp(-ln(u) / lambda): df/dx = f kappa e / u, df/dkappa = f x e / u,
+    df/dlambda = f (ln(u) / lambda^2 - e / (lambda u))."""
+    e = math.exp(-kappa * x)
+    u = lam * e + 1
+    f = u ** (-1 / lam)
+    return f, f * kappa * e / u, f * x * e / u, f * (math.log(u) / lam**2 - e / (lam * u))
+
+
+@pytest.mark.parametrize(("kappa", "lam", "x"), [(1.0, 1.0, 0.0), (0.5, 2.0, math.log(2) / 0.5)])
+def test_apa_and_aglu_gradients_where_the_stable_form_switches(kappa, lam, x):
+    """At ln(lambda) - kappa x = 0, the switch of the stable form exp(-softplus(ln(lambda) - kappa x) / lambda):
+    softplus written as clamp_min(t, 0) + log1p(exp(-|t|)) got 0 from autograd for both clamp and abs there
+    (issue 12), so APA's d/dx was -0.0 at x = 0 (not 0.25); at kappa = 0.5, lambda = 2, x = 2 ln 2 APA's d/dx,
+    d/dkappa, d/dlambda were -0.0, 0.0, 0.1225 and AGLU's d/dx 0.7071. All must be the closed form's."""
+    f, dx, dk, dl = _apa_closed_form(x, kappa, lam)
+    want = {"apa": (dx, dk, dl), "aglu": (f + x * dx, x * dk, x * dl)}  # AGLU = x APA
+    for name in ("apa", "aglu"):
+        layer = normact.create(name, kappa_init=kappa, lambda_init=lam, dtype=torch.float64)
+        xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+        got = [g.item() for g in torch.autograd.grad(layer(xt), [xt, layer.kappa, layer.lambda_])]
+        assert got == pytest.approx(want[name], rel=1e-13, abs=1e-15)
+    if kappa == 1.0:
+        assert want["apa"][0] == 0.25
+    else:  # the values stated in the issue
+        assert want["apa"] == pytest.approx((0.0884, 0.2451, 0.0341), abs=5e-5)
+        assert want["aglu"][0] == pytest.approx(0.8296, abs=5e-5)
+
+
 def test_apa_random_init_is_the_official_uniform_draw():
     torch.manual_seed(7)
     a = normact.create("aglu", 5, kappa_init=None, lambda_init=None)

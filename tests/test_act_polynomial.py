@@ -221,6 +221,32 @@ def test_tropical_reduces_to_relu_and_is_convex_and_monotonic():
     torch.testing.assert_close(init(t), math.sqrt(2) / 5 + math.sqrt(2) * F.relu(t), atol=1e-14, rtol=1e-14)
 
 
+def test_tropical_derivative_at_a_tie_is_the_lowest_degree_lines():
+    """Where lines tie for the maximum the whole gradient goes to the lowest-degree one, as the official
+    (x * powers + c).max(-1)[0] does (torch.max returns the first maximum): at init all six lines meet at 0,
+    so d/dx = 0 and d/dc = (g, 0, ..., 0); torch.maximum folded pairwise gave d/dx = 4.03 g (halves at each tie).
+    Off the ties, the slope of the maximal line; NaN inputs and coefficients propagate."""
+    layer = normact.create("tropical_act", dtype=torch.float64)
+    x = torch.tensor([0.0, -0.5, 0.5], dtype=torch.float64, requires_grad=True)
+    (gx,) = torch.autograd.grad(layer(x[:1]).sum(), x)
+    (gc,) = torch.autograd.grad(layer(x[:1]).sum(), layer.coefficients)
+    assert gx.tolist() == [0.0, 0.0, 0.0]
+    assert gc.tolist() == [layer.gain, 0.0, 0.0, 0.0, 0.0, 0.0]
+    (g,) = torch.autograd.grad(layer(x[1:]).sum(), x)
+    assert g.tolist() == [0.0, 0.0, 5 * layer.gain]
+    # a tie between lines 2 and 3 only: c = (0, 0, 0, -1, -3, -5) at x = 1 (2x = 3x - 1 = 2 > x, 4x - 3 = 1)
+    with torch.no_grad():
+        layer.coefficients.copy_(torch.tensor([0.0, 0.0, 0.0, -1.0, -3.0, -5.0]))
+    one = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(layer(one).sum(), one)
+    assert g.item() == 2 * layer.gain
+    nan = torch.tensor([float("nan"), 1.0], dtype=torch.float64)
+    assert layer(nan)[0].isnan() and not layer(nan)[1].isnan()
+    with torch.no_grad():
+        layer.coefficients[2] = float("nan")
+    assert layer(nan[1:]).isnan().all()
+
+
 # -- SL²A-INR Chebyshev layer ------------------------------------------------------------------------------
 
 

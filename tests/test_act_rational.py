@@ -220,6 +220,22 @@ def test_sau_catalog_values():
     assert f0(torch.ones(1, dtype=torch.float64)).item() == pytest.approx(1.0833155, abs=5e-8)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sau_keeps_the_smoothed_relus_negative_tail(dtype):
+    """alpha = 0, n = 1: f(x) = x Phi(x) + phi(x), about phi(x) / x^2 for x -> -inf, with relative condition
+    |x f'(x) / f(x)| ~ x^2. The paper's form (1 + alpha)/2 x + (1 - alpha)/2 (x erf(x / sqrt 2) + ...) cancels
+    there (0 at x = -5 in float32, issue 12); x Phi(x) + phi(x) with Phi by erfc loses another x^2 ulps to the
+    rounding of erfc's argument (1e6 ulps at x = -36 in float64). Within 4 (1 + x^2) ulps of mpmath."""
+    xs = [-0.5, -2.0, -5.0, -9.0] + ([-13.0, -20.0, -36.0] if dtype == torch.float64 else [])  # float32: normal
+    f = normact.create("sau", alpha_init=0.0, n=1.0, dtype=dtype)
+    got = f(torch.tensor(xs, dtype=dtype)).double().tolist()
+    eps = torch.finfo(dtype).eps
+    with mpmath.workdps(40):
+        for x, value in zip(xs, got, strict=True):
+            exact = mpmath.mpf(x) * mpmath.ncdf(x) + mpmath.npdf(x)
+            assert value == pytest.approx(float(exact), rel=4 * eps * (1 + x * x), abs=0)
+
+
 def test_sau_half_precision_at_the_default_sharpness():
     """(n x)^2 with n = 20000 overflows float16: computed in float32, finite, exact Leaky ReLU away from 0."""
     x = torch.tensor([0.0, 1e-3, -1e-3, 2.0, -2.0])

@@ -71,10 +71,26 @@ def test_matches_torch_nn(name, kwargs, torch_cls, torch_kwargs, has_inplace, dt
     xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     ya, yb = ours(xa), theirs(xb)
     assert ya.dtype == dtype
-    _assert_same(ya, yb)
     ga, gb = torch.autograd.grad(ya, xa, grad_out), torch.autograd.grad(yb, xb, grad_out)
-    _assert_same(ga, gb)
+    if name == "tanhshrink":
+        _assert_tanhshrink_matches(x, ya, yb, ga[0], gb[0])
+    else:
+        _assert_same(ya, yb)
+        _assert_same(ga, gb)
     assert ("inplace" in inspect.signature(type(ours)).parameters) == has_inplace
+
+
+def _assert_tanhshrink_matches(x, ya, yb, ga, gb):
+    """Tanhshrink is torch's bit for bit where |x| >= 1. Inside (-1, 1) torch's x - tanh(x) cancels (an absolute
+    error of about eps |x| on a result ~ x^3 / 3, 0 below |x| ~ 1e-4 in float32) and normact sums a series
+    instead (tests/test_numerics.py holds it to a few ulps of mpmath): the difference there is torch's error,
+    at most a couple of eps |x|; the derivatives (torch's tanh(x)^2 against autograd through the series) agree
+    to rounding."""
+    eps = torch.finfo(x.dtype).eps
+    outer = x.abs() >= 1
+    _assert_same(ya[outer], yb[outer])
+    assert ((ya - yb).abs() <= 2 * eps * x.abs()).all()
+    torch.testing.assert_close(ga, gb, rtol=8 * eps, atol=8 * eps)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

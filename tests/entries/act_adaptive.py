@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import math
 
+import mpmath as mp
 import torch
 
 import normact.functional as NF
-from normact.testing import Case, LayerEntry, Layout
+from normact.testing import Case, LayerEntry, Layout, Numerics, Setting
 
 ANY = Layout(min_rank=0)
 LAMBDA_MIN = 1e-4  # the official code's clamp of lambda (kostas1515/AGLU README)
@@ -82,6 +83,27 @@ def ref_dice(x, p, hp):
     return (y, buffers) if buffers is not None else y
 
 
+# mpmath references (tests/test_numerics.py): the papers' formulas at 40 digits, for the tails and the
+# derivatives at switch points.
+
+
+def mp_apa(x, p, hp):
+    lam = max(p["lambda_"], mp.mpf(LAMBDA_MIN))
+    return (lam * mp.exp(-p["kappa"] * x) + 1) ** (-1 / lam)
+
+
+def mp_matrix_activation(x, p, hp):
+    edges = [-mp.inf, *(mp.mpf(s) for s in hp["breakpoints"]), mp.inf]
+    k = next(k for k in range(len(edges) - 1) if edges[k] <= x < edges[k + 1])
+    return p["levels"][k] * x
+
+
+def mp_dice(x, p, hp):
+    z = (x - p["running_mean"][0]) / mp.sqrt(p["running_var"][0] + mp.mpf(hp["eps"]))
+    gate = 1 / (1 + mp.exp(-z))
+    return gate * x + (1 - gate) * p["alpha"][0] * x
+
+
 def _dice_functional(x, m):
     factor = 0.0
     if m.training:  # what the module passes: it counts the batch, then momentum or 1/count
@@ -117,6 +139,9 @@ _APA_CASES = (
     *_per_channel_cases({"kappa_init": 1.5, "lambda_init": 1.2}),
 )
 
+# kappa = 0.5, lambda = 2: the stable form's softplus(ln lambda - kappa x) switches at x = ln(2) / 0.5
+APA_SETTINGS = (Setting({"kappa": 0.5, "lambda_": 2.0}, points=(math.log(2) / 0.5,)),)
+
 E = math.e
 DICE_EPS = 1e-8
 _DICE_LAYOUT = Layout(feature_arg="dim", feature_axis=1, min_rank=2, min_batch=2)
@@ -131,6 +156,7 @@ ENTRIES = (
         # kappa = lambda = 1: the logistic sigmoid 1 / (1 + e^-x)
         points=((0.0, 0.5), (1.0, 1 / (1 + 1 / E)), (-2.0, 1 / (1 + E**2))),
         bad_init=({"lambda_init": 0.0}, {"lambda_init": -1.0}, {"kappa_init": float("nan")}),
+        numerics=Numerics(mp_apa, settings=APA_SETTINGS),
     ),
     LayerEntry(
         name="aglu",
@@ -141,6 +167,7 @@ ENTRIES = (
         # kappa = lambda = 1: SiLU x / (1 + e^-x)
         points=((0.0, 0.0), (1.0, 1 / (1 + 1 / E)), (-2.0, -2 / (1 + E**2))),
         bad_init=({"lambda_init": 0.0}, {"dim": 0}),
+        numerics=Numerics(lambda x, p, hp: x * mp_apa(x, p, hp), settings=APA_SETTINGS),
     ),
     LayerEntry(
         name="matrix_activation",
@@ -163,6 +190,9 @@ ENTRIES = (
             {"breakpoints": (0.0, float("inf"))},
             {"breakpoints": 0.0},
         ),
+        # t(x) = t_k on [s_k, s_{k+1}): at a breakpoint the level of the interval above it (1 at 0 initially);
+        # at the initial breakpoints (0,) only 0 is a kink, the other listed points lie on the pieces 0 and 1
+        numerics=Numerics(mp_matrix_activation, kink_grads=(0.0, 0.0, 1.0, 1.0, 1.0)),
     ),
     LayerEntry(
         name="dice",
@@ -183,6 +213,11 @@ ENTRIES = (
             (-2.0, -2 / (1 + math.exp(2 / math.sqrt(1 + DICE_EPS)))),
         ),
         bad_init=({"dim": 0}, {"momentum": 1.5}, {"momentum": -0.1}, {"alpha_init": float("nan")}),
+        numerics=Numerics(
+            mp_dice,
+            # running statistics other than the initial (0, 1): the gate centred at x = running_mean = 0.5
+            settings=(Setting({"alpha": 0.25, "running_mean": 0.5, "running_var": 2.0}, points=(0.5,)),),
+        ),
     ),
 )
 

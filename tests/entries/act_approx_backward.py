@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import math
 
+import mpmath as mp
 import torch
 
 import normact.functional as NF
-from normact.testing import Case, LayerEntry, Layout
+from normact.testing import Case, LayerEntry, Layout, Numerics
 
 ANY = Layout(min_rank=0)
 
@@ -71,6 +72,21 @@ def ref_helu(x, p, hp):
     return _straight_through(_relu(x), s)
 
 
+# mpmath references of the exact forwards (tests/test_numerics.py; the backward is held to reference_grad)
+
+
+def mp_regelu2(x, p, hp):
+    return x * mp.erfc(-x / mp.sqrt(2)) / 2
+
+
+def mp_resilu2(x, p, hp):
+    return x / (1 + mp.exp(-x))
+
+
+def mp_helu(x, p, hp):
+    return max(x, mp.mpf(0))
+
+
 def grad_regelu2(x, grad_out, p, hp):
     # levels summed in the order a1, a2, a3 from 0 (the float64 partial sums 0, a1, a1 + a2, a1 + a2 + a3)
     return {"input": grad_out * _step(x, REGELU2)}
@@ -108,6 +124,7 @@ ENTRIES = (
         layout=ANY,
         kinks=REGELU2[1],
         reference_grad=grad_regelu2,
+        numerics=Numerics(mp_regelu2),
         points=((0.0, 0.0), (1.0, PHI_1), (-1.0, -(1 - PHI_1)), (2.0, 2 * 0.5 * (1 + math.erf(2 / math.sqrt(2))))),
     ),
     LayerEntry(
@@ -118,6 +135,7 @@ ENTRIES = (
         layout=ANY,
         kinks=RESILU2[1],
         reference_grad=grad_resilu2,
+        numerics=Numerics(mp_resilu2),
         points=((0.0, 0.0), (1.0, 1 / (1 + 1 / E)), (-1.0, -1 / (1 + E)), (-7.0, -7 / (1 + E**7))),
     ),
     LayerEntry(
@@ -133,6 +151,7 @@ ENTRIES = (
         layout=ANY,
         kinks=(-0.05, 0.0),
         reference_grad=grad_helu,
+        numerics=Numerics(mp_helu),
         points=((-1.0, 0.0), (-0.03, 0.0), (0.0, 0.0), (2.5, 2.5)),
         bad_init=({"alpha": -0.1}, {"alpha": float("nan")}, {"alpha": "0.1"}),
     ),

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 
+import mpmath as mp
 import numpy as np
 import torch
 from numpy.polynomial import chebyshev, hermite_e
 
 import normact.functional as NF
-from normact.testing import Case, LayerEntry, Layout
+from normact.testing import Case, LayerEntry, Layout, Numerics
 
 ANY = Layout(min_rank=0)
 LAST_DIM = Layout(min_rank=1)
@@ -113,6 +114,40 @@ def ref_sl2a(x, p, hp):
     return _torch(out)
 
 
+# -- mpmath references (tests/test_numerics.py): the same formulas at 40 digits ------------------------
+
+
+def mp_polyrelu(x, p, hp):
+    w, r = p["weight"], hp["order"]
+    relu = max(x, mp.mpf(0))
+    return sum(w[j] * relu ** (r - j) for j in range(r)) + p["bias"][0]
+
+
+def mp_hermite(x, p, hp):
+    """sum_k a_k He_k(x) / c_k, He_{k+1} = x He_k - k He_{k-1}, c_k = k! (0.1.2) or sqrt(k!) (0.1.1)."""
+    a = p["coefficients"]
+    he = [mp.mpf(1), x]
+    while len(he) < len(a):
+        k = len(he) - 1
+        he.append(x * he[k] - k * he[k - 1])
+    scale = [mp.factorial(k) if hp["version"] == "0.1.2" else mp.sqrt(mp.factorial(k)) for k in range(len(a))]
+    return sum(a[k] * he[k] / scale[k] for k in range(len(a)))
+
+
+def mp_fourier(x, p, hp):
+    """a_0 + sum_k a_k cos(w_k x - phi_k) / k! (0.1.2; without 1/k! for 0.1.1)."""
+    a, w, phi = p["coefficients"], p["frequencies"], p["phases"]
+    scale = [mp.factorial(k + 1) if hp["version"] == "0.1.2" else 1 for k in range(len(a))]
+    return p["fundamental"][0] + sum(a[k] / scale[k] * mp.cos(w[k] * x - phi[k]) for k in range(len(a)))
+
+
+def mp_tropical(x, p, hp):
+    c = p["coefficients"]
+    n = len(c) - 1
+    gain = mp.sqrt(2) / n if hp["version"] == "0.1.2" else 1
+    return gain * max(k * x + c[k] for k in range(n + 1))
+
+
 def _saturating(shape, g):
     """Inputs deep in tanh's saturation (|x| up to 40), where tanh rounds to +-1."""
     return torch.randn(tuple(shape), generator=g, dtype=torch.float64) * 15.0
@@ -143,6 +178,8 @@ ENTRIES = (
             (-1.5, 0.0),
         ),
         bad_init=({"order": 0}, {"order": 2.5}),
+        # ReLU's derivative at 0 is torch.relu's, 0 (the left piece)
+        numerics=Numerics(mp_polyrelu, kink_grads=(0.0,)),
     ),
     LayerEntry(
         name="polynorm",
@@ -183,6 +220,7 @@ ENTRIES = (
             (2.0, (HERMITE_A0 + 2 + 3 / 2 + (8 - 6) / 6) / SQRT_E),
         ),
         bad_init=({"degree": 0}, {"version": "0.2"}),
+        numerics=Numerics(mp_hermite),
     ),
     LayerEntry(
         name="fourier_act",
@@ -203,6 +241,7 @@ ENTRIES = (
             (math.pi / 2, FOURIER_A0 + FOURIER_C * R2 * (1 - 1 / 2 - 1 / 6 + 1 / 24 + 1 / 120)),
         ),
         bad_init=({"degree": 0}, {"version": "0.1.0"}),
+        numerics=Numerics(mp_fourier),
     ),
     LayerEntry(
         name="tropical_act",
@@ -218,6 +257,8 @@ ENTRIES = (
         kinks=(0.0,),
         points=((-1.0, TROPICAL_G), (0.0, TROPICAL_G), (0.5, 3.5 * TROPICAL_G), (1.0, 6 * TROPICAL_G)),
         bad_init=({"degree": 0}, {"version": "latest"}),
+        # where lines tie the lowest-degree one counts (torchortho's max(-1) returns the first maximum): slope 0
+        numerics=Numerics(mp_tropical, kink_grads=(0.0,)),
     ),
     LayerEntry(
         name="sl2a_chebyshev",

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import math
 
+import mpmath as mp
 import numpy as np
 import torch
 from scipy import special
 
 import normact.functional as NF
-from normact.testing import Case, LayerEntry, Layout
+from normact.testing import Case, LayerEntry, Layout, Numerics
 
 ANY = Layout(min_rank=0)
 
@@ -53,6 +54,27 @@ def ref_sau(x, p, hp):
     return torch.from_numpy(np.asarray(_sau(xs, al, hp["n"]), dtype=np.float64))
 
 
+# mpmath references (tests/test_numerics.py): the same formulas at 40 digits
+
+
+def mp_pau(x, p, hp):
+    a, b = p["numerator"], p["denominator"]
+    num = sum(a_j * x**j for j, a_j in enumerate(a))
+    if hp["version"] == "A":
+        den = 1 + sum(abs(b_k) * abs(x) ** (k + 1) for k, b_k in enumerate(b))
+    else:
+        den = 1 + abs(sum(b_k * x ** (k + 1) for k, b_k in enumerate(b)))
+    return num / den
+
+
+def mp_sau(x, p, hp):
+    """The paper's closed form, alpha x + (1 - alpha) (x Phi(n x) + phi(n x) / n) with Phi by erfc: its
+    1 + erf(n x / sqrt 2) would lose even at 40 digits the alpha = 0 tail, ~ phi(n x) / (n x)^2 below 1e-40 x."""
+    alpha, n = p["alpha"], mp.mpf(hp["n"])
+    smooth_relu = x * mp.erfc(-n * x / mp.sqrt(2)) / 2 + mp.exp(-((n * x) ** 2) / 2) / (n * mp.sqrt(2 * mp.pi))
+    return alpha * x + (1 - alpha) * smooth_relu
+
+
 def _leaky_fit(x):
     return _pade(x, LEAKY_A, LEAKY_B)
 
@@ -89,6 +111,10 @@ ENTRIES = (
             ),
         ),
         bad_init=({"init": "relu"}, {"version": "C"}),
+        # |x| differentiated as 0 at 0 (torch.abs's convention): the derivative there is P'(0) / Q(0) = a_1.
+        # ulps: the fit's numerator terms cancel at its dip near x = -0.6 (sum_j |a_j x^j| / Q = 0.63 against
+        # |f| + |x f'| = 6.3e-4 at x = -0.625): Horner's 0.08 eps there is 125 units of the mixed condition
+        numerics=Numerics(mp_pau, kink_grads=(LEAKY_A[1],), ulps=128.0),
     ),
     LayerEntry(
         name="sau",
@@ -119,5 +145,6 @@ ENTRIES = (
             (-1.0, -(1 + ALPHA) / 2 + (1 - ALPHA) / 2 * E_ABS_1),
         ),
         bad_init=({"n": 0.0}, {"n": -1.0}, {"alpha_init": float("inf")}, {"dim": 0}),
+        numerics=Numerics(mp_sau),
     ),
 )

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import math
 
+import mpmath as mp
 import torch
+import torch.nn.functional as F
 
 import normact.functional as NF
-from normact.testing import Case, LayerEntry, Layout
+from normact.testing import Case, LayerEntry, Layout, Numerics, Setting
 
 ANY = Layout(min_rank=0)
 E = math.e
@@ -100,6 +102,66 @@ def _tanh(z):
     return (E**z - E**-z) / (E**z + E**-z)
 
 
+# mpmath references (tests/test_numerics.py): the same formulas at 40 digits, for the tails and the derivatives
+# at switch points; torch's documented case distinctions (which side of a kink gets which piece) included.
+
+
+def mp_leaky_relu(x, p, hp):
+    return x if x > 0 else hp["negative_slope"] * x
+
+
+def mp_prelu(x, p, hp):
+    (a,) = p["weight"]  # the shared slope (the numerics run the registry default, num_parameters=1)
+    return max(x, 0) + a * min(x, 0)
+
+
+def mp_rrelu(x, p, hp):
+    # evaluation mode: the mean slope
+    return x if x >= 0 else (mp.mpf(hp["lower"]) + hp["upper"]) / 2 * x
+
+
+def mp_elu(x, p, hp):
+    return x if x > 0 else hp["alpha"] * mp.expm1(x)
+
+
+def mp_selu(x, p, hp):
+    return mp.mpf(SELU_SCALE) * (x if x > 0 else mp.mpf(SELU_ALPHA) * mp.expm1(x))
+
+
+def mp_celu(x, p, hp):
+    alpha = mp.mpf(hp["alpha"])
+    return max(x, 0) + min(0, alpha * mp.expm1(x / alpha))
+
+
+def mp_relu6(x, p, hp):
+    return min(max(x, 0), 6)
+
+
+def mp_hardtanh(x, p, hp):
+    return min(max(x, hp["min_val"]), hp["max_val"])
+
+
+def mp_threshold(x, p, hp):
+    return x if x > hp["threshold"] else mp.mpf(hp["value"])
+
+
+def mp_hardshrink(x, p, hp):
+    return x if abs(x) > hp["lambd"] else mp.mpf(0)
+
+
+def mp_softshrink(x, p, hp):
+    lambd = hp["lambd"]
+    return x - lambd if x > lambd else x + lambd if x < -lambd else mp.mpf(0)
+
+
+def mp_tanhshrink(x, p, hp):
+    # x - tanh(x) ~ x^3 / 3 cancels about 2 log10(1 / |x|) digits near 0: carry them beyond the working precision
+    extra = 10 + int(2 * max(0, -mp.log10(abs(x)))) if x else 0
+    with mp.extradps(extra):
+        y = x - mp.tanh(x)
+    return +y
+
+
 ENTRIES = (
     LayerEntry(
         name="leaky_relu",
@@ -110,6 +172,7 @@ ENTRIES = (
         kinks=(0.0,),
         points=((-2.0, -2 * 0.01), (0.0, 0.0), (3.0, 3.0), (-100.0, -100 * 0.01)),
         bad_init=({"negative_slope": float("nan")}, {"negative_slope": "0.1"}),
+        numerics=Numerics(mp_leaky_relu, kink_grads=(0.01,), torch_twin=lambda x, m: F.leaky_relu(x, m.negative_slope)),
     ),
     LayerEntry(
         name="prelu",
@@ -140,6 +203,13 @@ ENTRIES = (
             {"num_parameters": 2.5},
             {"init": float("inf")},
         ),
+        numerics=Numerics(
+            mp_prelu,
+            # other slopes (zero: ReLU; negative; above one) move no switch point: the kink stays at 0
+            settings=(Setting({"weight": 0.0}), Setting({"weight": -0.5}), Setting({"weight": 1.5})),
+            kink_grads=(0.25,),
+            torch_twin=lambda x, m: F.prelu(x, m.weight),
+        ),
     ),
     LayerEntry(
         name="rrelu",
@@ -160,6 +230,11 @@ ENTRIES = (
         kinks=(0.0,),
         points=((-2.0, -2 * (1 / 8 + 1 / 3) / 2), (0.0, 0.0), (3.0, 3.0), (-48.0, -11.0)),
         bad_init=({"lower": 0.5, "upper": 0.25}, {"upper": float("nan")}),
+        numerics=Numerics(
+            mp_rrelu,
+            kink_grads=((1 / 8 + 1 / 3) / 2,),
+            torch_twin=lambda x, m: F.rrelu(x, m.lower, m.upper, training=False),
+        ),
     ),
     LayerEntry(
         name="elu",
@@ -170,6 +245,7 @@ ENTRIES = (
         kinks=(0.0,),
         points=((0.0, 0.0), (1.0, 1.0), (-1.0, 1 / E - 1), (-2.0, E**-2 - 1)),
         bad_init=({"alpha": -1.0}, {"alpha": float("nan")}),
+        numerics=Numerics(mp_elu, kink_grads=(1.0,), torch_twin=lambda x, m: F.elu(x, m.alpha)),
     ),
     LayerEntry(
         name="selu",
@@ -184,6 +260,7 @@ ENTRIES = (
             (2.0, 2 * SELU_SCALE),
             (-1.0, SELU_SCALE * SELU_ALPHA * (1 / E - 1)),
         ),
+        numerics=Numerics(mp_selu, kink_grads=(SELU_SCALE * SELU_ALPHA,), torch_twin=lambda x, m: F.selu(x)),
     ),
     LayerEntry(
         name="celu",
@@ -194,6 +271,7 @@ ENTRIES = (
         kinks=(0.0,),
         points=((0.0, 0.0), (1.0, 1.0), (-1.0, 1 / E - 1), (-3.0, E**-3 - 1)),
         bad_init=({"alpha": 0.0}, {"alpha": -1.0}),
+        numerics=Numerics(mp_celu, kink_grads=(1.0,), torch_twin=lambda x, m: F.celu(x, m.alpha)),
     ),
     LayerEntry(
         name="relu6",
@@ -203,6 +281,7 @@ ENTRIES = (
         layout=ANY,
         kinks=(0.0, 6.0),
         points=((-1.0, 0.0), (3.0, 3.0), (7.5, 6.0), (6.0, 6.0)),
+        numerics=Numerics(mp_relu6, kink_grads=(0.0, 0.0), torch_twin=lambda x, m: F.relu6(x)),
     ),
     LayerEntry(
         name="hardtanh",
@@ -216,6 +295,9 @@ ENTRIES = (
         kinks=(-1.0, 1.0, -0.5, 2.0),
         points=((-2.0, -1.0), (0.5, 0.5), (3.0, 1.0), (-1.0, -1.0)),
         bad_init=({"min_val": 1.0, "max_val": 1.0}, {"min_val": 2.0, "max_val": -2.0}),
+        numerics=Numerics(
+            mp_hardtanh, kink_grads=(0.0, 0.0, 1.0, 0.0), torch_twin=lambda x, m: F.hardtanh(x, m.min_val, m.max_val)
+        ),
     ),
     LayerEntry(
         name="threshold",
@@ -231,6 +313,9 @@ ENTRIES = (
         kinks=(0.0, 0.5, -0.25),
         points=((-1.0, 0.0), (0.0, 0.0), (2.0, 2.0), (0.25, 0.25)),
         bad_init=({"threshold": float("nan")}, {"value": float("inf")}),
+        numerics=Numerics(
+            mp_threshold, kink_grads=(0.0, 1.0, 0.0), torch_twin=lambda x, m: F.threshold(x, m.threshold, m.value)
+        ),
     ),
     LayerEntry(
         name="hardshrink",
@@ -241,6 +326,9 @@ ENTRIES = (
         kinks=(-0.5, 0.5, -1.0, 1.0),
         points=((1.0, 1.0), (0.5, 0.0), (-0.75, -0.75), (0.25, 0.0)),
         bad_init=({"lambd": -0.5},),
+        numerics=Numerics(
+            mp_hardshrink, kink_grads=(0.0, 0.0, 1.0, 1.0), torch_twin=lambda x, m: F.hardshrink(x, m.lambd)
+        ),
     ),
     LayerEntry(
         name="softshrink",
@@ -251,6 +339,9 @@ ENTRIES = (
         kinks=(-0.5, 0.5, -1.0, 1.0),
         points=((1.0, 1.0 - 0.5), (-2.0, -2.0 + 0.5), (0.3, 0.0), (-0.5, 0.0)),
         bad_init=({"lambd": -0.5},),
+        numerics=Numerics(
+            mp_softshrink, kink_grads=(0.0, 0.0, 1.0, 1.0), torch_twin=lambda x, m: F.softshrink(x, m.lambd)
+        ),
     ),
     LayerEntry(
         name="tanhshrink",
@@ -259,5 +350,6 @@ ENTRIES = (
         functional=lambda x, m: NF.tanhshrink(x),
         layout=ANY,
         points=((0.0, 0.0), (1.0, 1.0 - _tanh(1.0)), (-2.0, -2.0 - _tanh(-2.0)), (0.5, 0.5 - _tanh(0.5))),
+        numerics=Numerics(mp_tanhshrink),
     ),
 )

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import math
 
+import mpmath as mp
 import torch
+import torch.nn.functional as F
 
 import normact.functional as NF
-from normact.testing import Case, LayerEntry, Layout
+from normact.testing import Case, LayerEntry, Layout, Numerics
 
 ANY = Layout(min_rank=0)
 E = math.e
@@ -62,6 +64,43 @@ def ref_gelu_sigmoid(x, p, hp):
     return x / (1.0 + torch.exp(-GELU_SIGMOID_SCALE * x))
 
 
+# mpmath references (tests/test_numerics.py): the same formulas at 40 digits, for the tails and the derivatives
+# at switch points; torch's documented case distinctions (softplus's linear region) included.
+
+
+def mp_sigmoid(x, p, hp):
+    return 1 / (1 + mp.exp(-x))
+
+
+def mp_tanh(x, p, hp):
+    return (mp.exp(x) - mp.exp(-x)) / (mp.exp(x) + mp.exp(-x))
+
+
+def mp_logsigmoid(x, p, hp):
+    return -mp.log1p(mp.exp(-x))
+
+
+def mp_softplus(x, p, hp):
+    beta = mp.mpf(hp["beta"])
+    return x if beta * x > hp["threshold"] else mp.log1p(mp.exp(beta * x)) / beta
+
+
+def mp_softsign(x, p, hp):
+    return x / (1 + abs(x))
+
+
+def mp_hardsigmoid(x, p, hp):
+    return mp.mpf(0) if x <= -3 else mp.mpf(1) if x >= 3 else x / 6 + mp.mpf(1) / 2
+
+
+def mp_hardswish(x, p, hp):
+    return mp.mpf(0) if x <= -3 else x if x >= 3 else x * (x + 3) / 6
+
+
+def mp_gelu_sigmoid(x, p, hp):
+    return x / (1 + mp.exp(-mp.mpf("1.702") * x))
+
+
 _POINTWISE = (
     Case(shape=(4, 16)),
     Case(shape=(2, 3, 5, 4), desc="4d", scale=4.0, offset=-1.0),
@@ -92,6 +131,7 @@ ENTRIES = (
         extra_cases=(Case(shape=(64,), desc="wide", input_fn=_linspace(-30.0, 30.0)),),
         # sigma(0) = 1/2; sigma(ln 3) = 1 / (1 + 1/3) = 3/4; sigma(1) = 1 / (1 + e^-1); sigma(-2) = 1 / (1 + e^2)
         points=((0.0, 0.5), (LN3, 0.75), (1.0, 1 / (1 + 1 / E)), (-2.0, 1 / (1 + E**2))),
+        numerics=Numerics(mp_sigmoid),
     ),
     _pointwise(
         "tanh",
@@ -100,6 +140,7 @@ ENTRIES = (
         extra_cases=(Case(shape=(64,), desc="wide", input_fn=_linspace(-30.0, 30.0)),),
         # tanh(atanh(1/2)) = 1/2 with atanh(1/2) = ln(3)/2; tanh(-ln 2) = -(2 - 1/2) / (2 + 1/2) = -3/5
         points=((0.0, 0.0), (LN3 / 2, 0.5), (-LN2, -0.6), (1.0, (E**2 - 1) / (E**2 + 1))),
+        numerics=Numerics(mp_tanh),
     ),
     _pointwise(
         "logsigmoid",
@@ -108,6 +149,7 @@ ENTRIES = (
         extra_cases=(Case(shape=(64,), desc="wide", input_fn=_linspace(-40.0, 40.0)),),
         # log sigma(0) = -ln 2; log sigma(ln 3) = ln(3/4); log sigma(-ln 3) = ln(1/4) = -2 ln 2
         points=((0.0, -LN2), (LN3, math.log(0.75)), (-LN3, -2 * LN2), (1.0, -math.log(1 + 1 / E))),
+        numerics=Numerics(mp_logsigmoid),
     ),
     _pointwise(
         "softplus",
@@ -131,6 +173,13 @@ ENTRIES = (
             (25.0, 25.0),
         ),
         bad_init=({"beta": 0.0}, {"beta": -1.0}, {"threshold": 0.0}, {"threshold": float("nan")}),
+        # torch's linear region starts above beta x = threshold: at x = 20 a jump of log1p(e^-20) ~ 2e-9
+        kinks=(20.0,),
+        numerics=Numerics(
+            mp_softplus,
+            kink_grads=(1 / (1 + math.exp(-20.0)),),
+            torch_twin=lambda x, m: F.softplus(x, m.beta, m.threshold),
+        ),
     ),
     _pointwise(
         "softsign",
@@ -139,6 +188,7 @@ ENTRIES = (
         # the second derivative jumps at 0 (f is C^1 only): gradcheck keeps away, the kink check compares slopes
         kinks=(0.0,),
         points=((0.0, 0.0), (1.0, 0.5), (-3.0, -0.75), (0.25, 0.2)),
+        numerics=Numerics(mp_softsign, kink_grads=(1.0,), torch_twin=lambda x, m: F.softsign(x)),
     ),
     _pointwise(
         "hardsigmoid",
@@ -148,6 +198,7 @@ ENTRIES = (
         kinks=(-3.0, 3.0),
         # relu6(x + 3) / 6: 0 at -3 and below, 1 at 3 and above, 3/6 at 0, (1.5 + 3) / 6 = 3/4 at 1.5
         points=((-3.0, 0.0), (3.0, 1.0), (0.0, 0.5), (1.5, 0.75), (-4.0, 0.0), (4.0, 1.0)),
+        numerics=Numerics(mp_hardsigmoid, kink_grads=(0.0, 0.0), torch_twin=lambda x, m: F.hardsigmoid(x)),
     ),
     _pointwise(
         "hardswish",
@@ -157,6 +208,7 @@ ENTRIES = (
         kinks=(-3.0, 3.0),
         # x relu6(x + 3) / 6: 0 at -3, 3 * 6/6 = 3 at 3, -1.5 * 1.5 / 6 = -3/8 (the minimum) at -1.5, 1 * 4/6 at 1
         points=((-3.0, 0.0), (3.0, 3.0), (-1.5, -0.375), (1.0, 2 / 3), (-4.0, 0.0), (5.0, 5.0)),
+        numerics=Numerics(mp_hardswish, kink_grads=(0.0, 1.0), torch_twin=lambda x, m: F.hardswish(x)),
     ),
     _pointwise(
         "gelu_sigmoid",
@@ -170,5 +222,6 @@ ENTRIES = (
             (-1.0, -1 / (1 + math.exp(GELU_SIGMOID_SCALE))),
             (LN3 / GELU_SIGMOID_SCALE, 0.75 * LN3 / GELU_SIGMOID_SCALE),
         ),
+        numerics=Numerics(mp_gelu_sigmoid),
     ),
 )

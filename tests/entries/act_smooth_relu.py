@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import math
 
+import mpmath as mp
 import torch
 
 import normact.functional as NF
-from normact.testing import Case, LayerEntry, Layout
+from normact.testing import Case, LayerEntry, Layout, Numerics
 
 ANY = Layout(min_rank=0)
 
@@ -22,6 +23,19 @@ def ref_smelu(x, p, hp):
     b = hp["beta"]
     quad = (x + b) ** 2 / (4 * b)
     return torch.where(x >= b, x, torch.where(x <= -b, torch.zeros_like(x), quad))
+
+
+def mp_smelu(x, p, hp):
+    b = mp.mpf(hp["beta"])
+    if x >= b:
+        return x
+    if x <= -b:
+        return mp.mpf(0)
+    return (x + b) ** 2 / (4 * b)
+
+
+def mp_crrelu(x, p, hp):
+    return max(x, mp.mpf(0)) + p["epsilon"] * x * mp.exp(-(x**2) / 2)
 
 
 def _channels(x, v, axis):
@@ -70,6 +84,8 @@ ENTRIES = (
         kinks=(-1.0, 1.0),
         points=((-2.0, 0.0), (-1.0, 0.0), (0.0, 1 / 4), (0.5, 1.5**2 / 4), (-0.5, 0.5**2 / 4), (1.0, 1.0), (3.0, 3.0)),
         bad_init=({"beta": 0.0}, {"beta": -1.0}, {"beta": float("inf")}),
+        # C^1: the pieces meet with equal slopes, 0 at -beta and 1 at beta
+        numerics=Numerics(mp_smelu, kink_grads=(0.0, 1.0)),
     ),
     LayerEntry(
         name="crrelu",
@@ -102,6 +118,8 @@ ENTRIES = (
             (-3.0, -0.03 * E**-4.5),
         ),
         bad_init=({"epsilon_init": float("nan")}, {"dim": 0}, {"channel_axis": 1.5}),
+        # ReLU's derivative at 0 is torch.relu's, 0: the derivative there is epsilon's term's, 0.01
+        numerics=Numerics(mp_crrelu, kink_grads=(0.01,)),
     ),
     LayerEntry(
         name="velu",

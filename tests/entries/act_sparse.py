@@ -3,10 +3,11 @@ calling normact."""
 
 from __future__ import annotations
 
+import mpmath as mp
 import torch
 
 import normact.functional as NF
-from normact.testing import Case, LayerEntry, Layout
+from normact.testing import Case, LayerEntry, Layout, Numerics
 
 ANY = Layout(min_rank=0)
 SPLIT_LAST = Layout(min_rank=1, even_axis=-1)
@@ -41,6 +42,15 @@ def ref_topk(x, p, hp):
     return torch.where(keep, value, torch.zeros_like(x))
 
 
+def mp_drelu(x, p, hp):
+    a, b = x
+    return max(a, 0) * max(b, 0)
+
+
+def mp_fatrelu(x, p, hp):
+    return x if x >= hp["threshold"] else mp.mpf(0)
+
+
 _POINTWISE = (
     Case(shape=(4, 16)),
     Case(shape=(2, 3, 5, 4), desc="4d", scale=4.0, offset=-1.0),
@@ -73,6 +83,7 @@ ENTRIES = (
         # the harness checks the kink of the first half (a = 0, b = 1); tests/test_act_sparse.py the second half's
         kinks=(0.0,),
         bad_init=({"dim": 1.5},),
+        numerics=Numerics(mp_drelu, kink_grads=(0.0,), gate=0),
     ),
     LayerEntry(
         name="fatrelu",
@@ -89,6 +100,7 @@ ENTRIES = (
         # the jump at each case's threshold (0.01 by default, 0.5, and 0 for the ReLU case)
         kinks=(0.0, 0.01, 0.5),
         bad_init=({"threshold": -0.1}, {"threshold": float("nan")}, {"threshold": "0.01"}),
+        numerics=Numerics(mp_fatrelu, kink_grads=(0.0, 1.0, 1.0)),
     ),
     LayerEntry(
         name="topk",

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 
+import mpmath as mp
 import torch
 
 import normact.functional as NF
-from normact.testing import Case, LayerEntry, Layout
+from normact.testing import Case, LayerEntry, Layout, Numerics, Setting
 
 LAST_DIM = Layout(feature_arg="normalized_shape", feature_axis=-1, min_rank=1)
 
@@ -72,6 +73,15 @@ def ref_dyt(x, p, hp):
     """gamma * tanh(alpha x) + beta, gamma and beta on the channel axis."""
     view = None if hp["channels_last"] else _channel_view(x)
     return _affine(torch.tanh(p["alpha"] * x), p, view)
+
+
+def mp_dyt(x, p, hp):
+    """DyT at one input in mpmath (one feature: weight and bias have one element)."""
+    alpha = p["alpha"][0] if isinstance(p["alpha"], list) else p["alpha"]
+    y = mp.tanh(alpha * x)
+    if hp["elementwise_affine"]:
+        y = y * p["weight"][0] + p["bias"][0]
+    return y
 
 
 def ref_batchnorm(x, p, hp):
@@ -229,6 +239,9 @@ ENTRIES = (
         functional=lambda x, m: NF.dyt(x, m.alpha, m.weight, m.bias, m.channels_last),
         layout=LAST_DIM,
         bad_init=({"alpha_init": float("inf")},),
+        # elementwise: held against mpmath like the activations (one feature)
+        points_init={"normalized_shape": 1},
+        numerics=Numerics(mp_dyt, settings=(Setting({"alpha": 2.0, "weight": 0.5, "bias": 0.2}),)),
     ),
     LayerEntry(
         name="batchnorm1d",

@@ -89,18 +89,21 @@ def test_minilm_layernorm_to_dyt_copies_weights_and_runs(minilm):
 
 
 def test_minilm_same_semantics_swap_is_exact(minilm):
-    """LayerNorm -> normact layernorm and GELUActivation -> normact gelu, with copied weights and the derived eps
-    (1e-12), reproduce the unmodified model."""
+    """LayerNorm -> normact layernorm with copied weights and the derived eps (1e-12) reproduces the unmodified
+    model; GELUActivation -> normact gelu then too, up to float32 rounding (normact's GELU is the erfc form,
+    accurate in the negative tail where torch's 1 + erf cancels: a few ulps apart on moderate inputs)."""
     model = copy.deepcopy(minilm.model)
     ln = swap(model, "layernorm", "layernorm")
     assert len(ln.replaced) == 13 and all(model.get_submodule(r.name).eps == 1e-12 for r in ln.replaced)
-    act = swap(model, "gelu", "gelu")
-    assert len(act.replaced) == 6 and act.replaced[0].old_class == "transformers.GELUActivation"
     batch = next(iter(minilm.batches("text", batch_size=2, num_batches=1, seq_len=16)))
     with torch.no_grad():
         ref = minilm.model(**batch).last_hidden_state
+        torch.testing.assert_close(model(**batch).last_hidden_state, ref, rtol=0, atol=1e-6)
+    act = swap(model, "gelu", "gelu")
+    assert len(act.replaced) == 6 and act.replaced[0].old_class == "transformers.GELUActivation"
+    with torch.no_grad():
         out = model(**batch).last_hidden_state
-    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_minilm_name_patterns(minilm):

@@ -44,8 +44,10 @@ def _parameter(p: Tensor | float, x: Tensor, channel_axis: int, name: str, arg: 
 
 
 def _softplus(t: Tensor) -> Tensor:
-    """ln(1 + e^t), exact and stable for every t (no threshold approximation)."""
-    return t.clamp_min(0) + torch.log1p(torch.exp(-t.abs()))
+    """ln(1 + e^t) = logaddexp(t, 0): accurate in both tails (no threshold approximation), and its derivative
+    exp(t - out) = sigmoid(t) is right everywhere, also at t = 0, where the form max(t, 0) + log1p(e^-|t|)
+    would get 0 from autograd (clamp and abs are differentiated as 0 at their switch) instead of 1/2."""
+    return torch.logaddexp(t, torch.zeros_like(t))
 
 
 def _apa(x: Tensor, kappa: Tensor | float, lambda_: Tensor | float, channel_axis: int, name: str) -> Tensor:
@@ -93,7 +95,8 @@ def matrix_activation(
     with breakpoints :math:`s_1 < \dots < s_K` (:math:`s_0 = -\infty`, :math:`s_{K+1} = +\infty`) the entry
     is the level of the interval holding :math:`x_i`, :math:`t(x_i) = t_k` for
     :math:`s_k \le x_i < s_{k+1}`. ``levels`` has shape ``(K+1,)`` (shared) or ``(C, K+1)`` (one row per
-    channel along ``channel_axis``)."""
+    channel along ``channel_axis``). At a breakpoint :math:`s_k` the derivative is the level above it,
+    :math:`t_k` (the interval the case :math:`s_k \le x_i` assigns it to)."""
     check_tensor(x, "matrix_activation")
     points = check_breakpoints(breakpoints)
     if not isinstance(levels, Tensor) or levels.dim() not in (1, 2) or levels.shape[-1] != len(points) + 1:

@@ -1,13 +1,14 @@
 """Activations with an exact forward and a deliberately approximate, memory-light backward.
 
-- **ReGELU2 / ReSiLU2** (Yang, Shi et al., ICML 2024, arXiv:2406.16282): the forward pass is ``F.gelu`` /
-  ``F.silu`` itself (bitwise); the backward pass multiplies the incoming gradient by the derivative of the
-  piecewise-linear surrogate :math:`h(x) = \\sum_{k=1}^{3} a_k \\mathrm{ReLU}(x - c_k)`, a step function with the
-  four levels :math:`0, a_1, a_1 + a_2, a_1 + a_2 + a_3`. Only the number of thresholds :math:`c_k` that ``x``
-  exceeds (a 2-bit code) is saved for the backward pass; four codes are packed into each byte, as in the official
-  CUDA kernels (yyyyychen/LowMemoryBP, ``lomem/csrc/regelu2_cuda.cu`` / ``resilu2_cuda.cu``: the flag is
-  ``(x > c_1) + (x > c_2) + (x > c_3)`` and the gradient ``g * sum_k [flag >= k] a_k``). The constants below are
-  those of the official kernels.
+- **ReGELU2 / ReSiLU2** (Yang, Shi et al., ICML 2024, arXiv:2406.16282): the forward pass is exact,
+  :func:`normact.functional.gelu` (the erfc form, accurate in the negative tail, where ``F.gelu``'s
+  :math:`1 + \\mathrm{erf}` cancels) / ``F.silu`` itself (bitwise); the backward pass multiplies the incoming
+  gradient by the derivative of the piecewise-linear surrogate :math:`h(x) = \\sum_{k=1}^{3} a_k
+  \\mathrm{ReLU}(x - c_k)`, a step function with the four levels :math:`0, a_1, a_1 + a_2, a_1 + a_2 + a_3`.
+  Only the number of thresholds :math:`c_k` that ``x`` exceeds (a 2-bit code) is saved for the backward pass;
+  four codes are packed into each byte, as in the official CUDA kernels (yyyyychen/LowMemoryBP,
+  ``lomem/csrc/regelu2_cuda.cu`` / ``resilu2_cuda.cu``: the flag is ``(x > c_1) + (x > c_2) + (x > c_3)`` and the
+  gradient ``g * sum_k [flag >= k] a_k``). The constants below are those of the official kernels.
 - **HeLU** (Kimhi, Kashani, Mendelson & Baskin, 2024, arXiv:2411.10573): the forward pass is ReLU; the backward
   pass lets the gradient through wherever ``x > -alpha`` (official idankdev/helu, ``helu.py``:
   ``torch.where(z > -alpha, grad_output, 0)``, ``alpha = 0.05``). The official code saves the input; here only the
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from normact._checks import check_float, check_tensor, upcast
+from normact.functional.act import gelu
 
 __all__ = ["helu", "regelu2", "resilu2"]
 
@@ -53,13 +55,14 @@ def _unpack2(packed: Tensor, shape: torch.Size) -> Tensor:
 
 
 class _TwoBitBackward(torch.autograd.Function):
-    """Forward: ``F.gelu`` or ``F.silu`` (exact). Saved: the packed 2-bit code. Backward: ``g * level[code]``."""
+    """Forward: :func:`normact.functional.gelu` or ``F.silu`` (exact). Saved: the packed 2-bit code. Backward:
+    ``g * level[code]``."""
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, x: Tensor, silu: bool, thresholds: tuple[float, ...], levels: tuple[float, ...]
     ) -> Tensor:
-        y = F.silu(x) if silu else F.gelu(x)
+        y = F.silu(x) if silu else gelu(x)
         xc = upcast(x)  # thresholds compared in float32 for half inputs, as the official kernels do
         code = (xc > thresholds[0]).to(torch.uint8) + (xc > thresholds[1]).to(torch.uint8)
         code = code + (xc > thresholds[2]).to(torch.uint8)
@@ -81,7 +84,8 @@ class _TwoBitBackward(torch.autograd.Function):
 
 
 def regelu2(x: Tensor) -> Tensor:
-    r"""ReGELU2: :math:`\mathrm{GELU}(x) = x\Phi(x)` forward (bitwise ``F.gelu``); backward
+    r"""ReGELU2: :math:`\mathrm{GELU}(x) = x\Phi(x)` forward (bitwise :func:`normact.functional.gelu`, the
+    form :math:`\tfrac12 x\,\mathrm{erfc}(-x/\sqrt2)`, accurate in the negative tail); backward
     :math:`g \cdot h'(x)` with :math:`h'` the step function of levels ``(0, -0.04922, 1.04874, 1.0)`` at the
     thresholds :math:`c = (-3.18588, -0.00117882, 3.19083)`. Saves 2 bits per element."""
     check_tensor(x, "regelu2")

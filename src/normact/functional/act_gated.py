@@ -36,7 +36,8 @@ def glu(x: Tensor, dim: int = -1) -> Tensor:
 
 
 def reglu(x: Tensor, dim: int = -1) -> Tensor:
-    r"""ReGLU: split ``x`` in halves :math:`(a, b)` along ``dim``; :math:`\max(0, a) \odot b`."""
+    r"""ReGLU: split ``x`` in halves :math:`(a, b)` along ``dim``; :math:`\max(0, a) \odot b`. Exactly at
+    :math:`a = 0` the derivative with respect to :math:`a` is 0, that of ReLU's :math:`a \le 0` piece."""
     a, b = _split_halves(x, dim, "reglu")
     return F.relu(a) * b
 

@@ -46,7 +46,8 @@ def polyrelu(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         f(x) = \sum_{j=0}^{r-1} w_j\,\mathrm{ReLU}(x)^{r-j} + b
 
     ``weight`` :math:`= (w_0, \dots, w_{r-1})` in the official order (``weight[0]`` multiplies the highest
-    power, ``weight[-1]`` the linear term), ``bias`` of shape ``(1,)`` or ``()``. Evaluated by Horner's rule."""
+    power, ``weight[-1]`` the linear term), ``bias`` of shape ``(1,)`` or ``()``. Evaluated by Horner's rule.
+    At :math:`x = 0` the derivative is 0 (ReLU's derivative there is torch.relu's, 0: the left piece)."""
     check_tensor(x, "polyrelu")
     w = _vector(weight, "polyrelu", "weight")
     b = _bias(bias, "polyrelu")
@@ -164,7 +165,9 @@ def tropical_act(x: Tensor, coefficients: Tensor, gain: float = 1.0) -> Tensor:
         f(x) = g \max_{k=0,\dots,n} \left(k\,x + c_k\right)
 
     the tropicalization of :math:`\sum_k c_k x^k` (products become sums, sums become maxima), a convex
-    piecewise-linear function with integer slopes :math:`0, \dots, n`; ``gain`` :math:`g` is a fixed factor."""
+    piecewise-linear function with integer slopes :math:`0, \dots, n`; ``gain`` :math:`g` is a fixed factor.
+    At a kink (lines tied for the maximum) the derivative is that of the lowest-degree tied line, as in the
+    official code (``max(-1)`` returns the first maximum): 0 at :math:`x = 0` for equal coefficients."""
     check_tensor(x, "tropical_act")
     c = _vector(coefficients, "tropical_act", "coefficients", minimum=2)
     gain = check_float("gain", gain)
@@ -172,7 +175,10 @@ def tropical_act(x: Tensor, coefficients: Tensor, gain: float = 1.0) -> Tensor:
     c = c.to(xf.dtype)
     out = c[0].expand_as(xf)
     for k in range(1, c.numel()):
-        out = torch.maximum(out, k * xf + c[k])
+        # a strict comparison keeps the earlier (lower-degree) line at a tie, with its whole gradient
+        # (torch.maximum splits it between the tied lines); a NaN propagates as through torch.maximum
+        line = k * xf + c[k]
+        out = torch.where((line > out) | line.isnan(), line, out)
     return (gain * out).to(x.dtype)
 
 

@@ -17,6 +17,9 @@ from normact._checks import check_channels, check_float, check_tensor, shape_str
 __all__ = ["pau", "sau"]
 
 PAU_VERSIONS = ("A", "B")
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_SQRT_HALF_PI = math.sqrt(0.5 * math.pi)
 
 
 def _coefficients(t: object, name: str) -> Tensor:
@@ -35,7 +38,9 @@ def pau(x: Tensor, numerator: Tensor, denominator: Tensor, version: str = "A") -
     - ``version="A"`` (the official code's default): :math:`Q(x) = 1 + \sum_{k=1}^{n} |b_k|\,|x|^k`;
     - ``version="B"``: :math:`Q(x) = 1 + \left|\sum_{k=1}^{n} b_k x^k\right|`.
 
-    Both give :math:`Q \ge 1`, so :math:`F` has no poles. The polynomials are evaluated by Horner's rule."""
+    Both give :math:`Q \ge 1`, so :math:`F` has no poles. The polynomials are evaluated by Horner's rule.
+    At a kink (0, and in version B the real roots of :math:`\sum_k b_k x^k`) :math:`|\cdot|` is differentiated
+    as 0, torch.abs's convention: :math:`F'(0) = a_1`."""
     check_tensor(x, "pau")
     a = _coefficients(numerator, "numerator")
     b = _coefficients(denominator, "denominator")
@@ -78,13 +83,34 @@ def sau(x: Tensor, alpha: Tensor | float = 0.15, n: float = 20000.0, channel_axi
         + \frac{\sqrt{2/\pi}}{n} e^{-n^2 x^2/2}\right)
 
     A tensor ``alpha`` of shape ``(C,)`` applies per channel along ``channel_axis``; a 0-d tensor or a float
-    to all elements."""
+    to all elements.
+
+    Computed as :math:`\alpha x + (1 - \alpha)\big(x\,\Phi(n x) + \varphi(n x)/n\big)` (the same function:
+    :math:`\alpha x` plus the Gaussian-smoothed ReLU, see :func:`_smooth_relu`): the formula's
+    :math:`1 + \mathrm{erf}` cancels for negative :math:`x` and loses the smoothed ReLU's tail (0 instead of
+    5e-8 at :math:`x = -5`, :math:`n = 1`, float32), all of the value when :math:`\alpha = 0`."""
     check_tensor(x, "sau")
     n = check_float("n", n, positive=True)
     alpha = _per_channel(alpha, x, channel_axis, "sau") if isinstance(alpha, Tensor) else check_float("alpha", alpha)
     xf = upcast(x)
     if isinstance(alpha, Tensor):
         alpha = alpha.to(xf.dtype)
-    nx = n * xf
-    abs_part = xf * torch.erf(nx / math.sqrt(2.0)) + math.sqrt(2.0 / math.pi) / n * torch.exp(-0.5 * nx * nx)
-    return (0.5 * (1 + alpha) * xf + 0.5 * (1 - alpha) * abs_part).to(x.dtype)
+    return (alpha * xf + (1 - alpha) * _smooth_relu(xf, n)).to(x.dtype)
+
+
+def _smooth_relu(x: Tensor, n: float) -> Tensor:
+    r"""E[ReLU(x + Z/n)], Z ~ N(0, 1): :math:`x\,\Phi(t) + \varphi(t)/n` with :math:`t = n x`.
+
+    For :math:`t \ge 0` as written, :math:`\Phi(t) = \tfrac12\mathrm{erfc}(-t/\sqrt2)`. For :math:`t < 0` the
+    two terms cancel (the sum is about :math:`\varphi(t)/(n t^2)`), and erfc's relative error from its rounded
+    argument, about :math:`t^2` ulps, would be amplified by another :math:`t^2`; there it is
+    :math:`\varphi(t)/n \cdot (1 + t\,\Phi(t)/\varphi(t))` with the Mills ratio
+    :math:`\Phi(t)/\varphi(t) = \sqrt{\pi/2}\,\mathrm{erfcx}(-t/\sqrt2)`, whose argument's rounding costs
+    O(1) ulps. The two forms are one analytic function, so they agree in value and derivative at the switch."""
+    t = n * x
+    neg = t < 0
+    pos_form = 0.5 * x * torch.erfc(t * -_SQRT_HALF) + _INV_SQRT_2PI / n * torch.exp(-0.5 * t * t)
+    tn = torch.where(neg, t, torch.zeros_like(t))  # erfcx(-t / sqrt 2) overflows for large positive t
+    mills = _SQRT_HALF_PI * torch.special.erfcx(tn * -_SQRT_HALF)
+    neg_form = _INV_SQRT_2PI / n * torch.exp(-0.5 * tn * tn) * (1 + tn * mills)
+    return torch.where(neg, neg_form, pos_form)

@@ -14,7 +14,9 @@ __all__ = ["crrelu", "smelu", "velu", "velu_w2_penalty"]
 
 def smelu(x: Tensor, beta: float = 1.0) -> Tensor:
     r"""Smooth ReLU: :math:`0` for :math:`x \le -\beta`, :math:`(x + \beta)^2 / (4\beta)` for
-    :math:`|x| \le \beta`, :math:`x` for :math:`x \ge \beta` (``beta > 0``). Computed in float32 for half inputs."""
+    :math:`|x| \le \beta`, :math:`x` for :math:`x \ge \beta` (``beta > 0``). The pieces meet with equal
+    slopes: the derivative is 0 at :math:`-\beta` and 1 at :math:`\beta` whichever piece counts. Computed in
+    float32 for half inputs."""
     check_tensor(x, "smelu")
     beta = check_float("beta", beta, positive=True)
     xf = upcast(x)
@@ -35,6 +37,7 @@ def _per_channel(x: Tensor, p: Tensor, channel_axis: int, name: str) -> Tensor:
 def crrelu(x: Tensor, epsilon: Tensor | float = 0.01, channel_axis: int = -1) -> Tensor:
     r"""Correction Regularized ReLU: :math:`\max(0, x) + \varepsilon\, x\, e^{-x^2/2}`. A tensor ``epsilon`` of
     shape ``(C,)`` applies per channel along ``channel_axis``; a 0-d tensor or a float applies to all elements.
+    At :math:`x = 0` the derivative is :math:`\varepsilon` (ReLU's derivative there is torch.relu's, 0).
     Computed in float32 for half inputs."""
     check_tensor(x, "crrelu")
     if isinstance(epsilon, Tensor):

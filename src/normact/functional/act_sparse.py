@@ -18,14 +18,16 @@ __all__ = ["drelu", "fatrelu", "topk_activation"]
 
 def drelu(x: Tensor, dim: int = -1) -> Tensor:
     r"""dReLU: split ``x`` in halves :math:`(a, b)` along ``dim`` (gate projection first, up projection
-    second); :math:`\max(0, a) \odot \max(0, b)`."""
+    second); :math:`\max(0, a) \odot \max(0, b)`. Exactly at :math:`a = 0` (or :math:`b = 0`) the derivative
+    with respect to that half is 0, that of ReLU's :math:`a \le 0` piece."""
     a, b = _split_halves(x, dim, "drelu")
     return F.relu(a) * F.relu(b)
 
 
 def fatrelu(x: Tensor, threshold: float = 0.01) -> Tensor:
     r"""FATReLU (forced activation threshold): :math:`x` where :math:`x \ge T`, else 0 (``threshold`` = T >= 0).
-    The comparison runs in the input's dtype (T rounded to it)."""
+    The comparison runs in the input's dtype (T rounded to it). Exactly at :math:`x = T` the derivative is 1,
+    that of the :math:`x \ge T` piece."""
     check_tensor(x, "fatrelu")
     threshold = check_float("threshold", threshold, nonnegative=True)
     return torch.where(x >= threshold, x, 0.0)

@@ -15,6 +15,15 @@ from normact._checks import check_eps, check_float, check_tensor, shape_str, upc
 __all__ = ["msg_norm"]
 
 
+def _p_norm(t: Tensor, p: float) -> Tensor:
+    """``||t||_p`` over the last dim as ``m ||t / m||_p`` with ``m = max |t|`` (held constant: the identity
+    holds for any m, so the gradient is exact): ``sum |t|^p`` would overflow float32 from ``|t| ~ 2^42`` for
+    p = 3 although the norm itself is representable."""
+    m = t.detach().abs().amax(-1, keepdim=True)
+    m = torch.where(m > 0, m, torch.ones_like(m))
+    return m * torch.linalg.vector_norm(t / m, ord=p, dim=-1, keepdim=True)
+
+
 def msg_norm(x: Tensor, msg: Tensor, scale: Tensor | float = 1.0, p: float = 2.0, eps: float = 1e-12) -> Tensor:
     r"""MsgNorm (Li, Xiong, Thabet & Ghanem, 2020, arXiv:2006.07739) of node features ``x`` and aggregated
     messages ``msg`` of the same shape ``(*, F)``:
@@ -38,7 +47,7 @@ def msg_norm(x: Tensor, msg: Tensor, scale: Tensor | float = 1.0, p: float = 2.0
     if isinstance(scale, Tensor) and scale.numel() != 1:
         raise ValueError(f"{name}: scale must have 1 element, got shape {shape_str(scale.shape)}")
     xf, mf = upcast(x), upcast(msg).to(upcast(x).dtype)
-    x_norm = torch.linalg.vector_norm(xf, ord=p, dim=-1, keepdim=True)
-    m_norm = torch.linalg.vector_norm(mf, ord=p, dim=-1, keepdim=True).clamp_min(eps)
+    x_norm = _p_norm(xf, p)
+    m_norm = _p_norm(mf, p).clamp_min(eps)
     s = scale.reshape(()).to(xf.dtype) if isinstance(scale, Tensor) else scale
     return (mf / m_norm * x_norm * s).to(x.dtype)

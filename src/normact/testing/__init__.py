@@ -34,6 +34,7 @@ from normact.testing.checks import (
     snapshot,
 )
 from normact.testing.entry import DEFAULT_TOLERANCES, Case, LayerEntry, Layout, Params, Reference, ReferenceGrad
+from normact.testing.numerics import Numerics, Setting, check_norm_extremes, check_switch_derivatives, check_tails
 
 __all__ = [
     "CASE_CHECKS",
@@ -41,9 +42,11 @@ __all__ = [
     "Case",
     "LayerEntry",
     "Layout",
+    "Numerics",
     "Params",
     "Reference",
     "ReferenceGrad",
+    "Setting",
     "assert_close",
     "check_bad_init",
     "check_bad_input",
@@ -56,9 +59,12 @@ __all__ = [
     "check_gradients",
     "check_inplace",
     "check_kink_derivatives",
+    "check_norm_extremes",
     "check_points",
     "check_reference",
     "check_serialization",
+    "check_switch_derivatives",
+    "check_tails",
     "cond_inputs",
     "default_perturb",
     "prepared",

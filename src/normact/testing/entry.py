@@ -12,12 +12,15 @@ import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from normact.registry import LayerInfo, get_info
+
+if TYPE_CHECKING:
+    from normact.testing.numerics import Numerics
 
 Params = dict[str, Tensor | None]
 """Named parameters and buffers of a layer (float64 copies taken before the forward pass); disabled ones
@@ -169,6 +172,8 @@ class LayerEntry:
             perturbation) must give them in float64. For gated activations ``x`` is the pair of halves
             ``(a, b)``.
         points_init: constructor arguments for the ``points`` and kink checks (default: registry defaults).
+        numerics: the layer against an mpmath reference (elementwise layers): derivatives at switch points
+            and kinks, relative accuracy over the tails (:mod:`normact.testing.numerics`).
     """
 
     name: str
@@ -184,6 +189,7 @@ class LayerEntry:
     reference_grad: ReferenceGrad | None = None
     points: tuple[tuple[float | tuple[float, float], float], ...] = ()
     points_init: Mapping[str, Any] = field(default_factory=dict)
+    numerics: Numerics | None = None
 
     @functools.cached_property
     def info(self) -> LayerInfo:

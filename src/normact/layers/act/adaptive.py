@@ -193,7 +193,9 @@ class MatrixActivation(nn.Module):
     are not implemented; the default breakpoints ``(0.0,)`` are the minimal partition (PReLU with a learnable
     positive slope too), not the paper's. Breakpoints are fixed hyperparameters: the output's derivative with
     respect to a breakpoint is zero almost everywhere, so gradient descent could not move them. The function
-    is discontinuous at a breakpoint :math:`s \ne 0` once the neighbouring levels differ.
+    is discontinuous at a breakpoint :math:`s \ne 0` once the neighbouring levels differ. At a breakpoint
+    :math:`s_k` the derivative is the level above it, :math:`t_k` (1 at 0 initially, as the interval
+    :math:`s_k \le x < s_{k+1}` holds the point).
 
     Args:
         dim: number of channels (one row of levels each) along ``channel_axis``; None for one shared row.

@@ -136,7 +136,8 @@ class ReGLU(_GLU):
 
     Shazeer's :math:`\mathrm{ReGLU}(x, W, V) = \max(0, xW) \otimes xV` with the two projections fused: the first
     half along ``dim`` is the gate, the second the value (as in :class:`SwiGLU`). Not differentiable where
-    :math:`a = 0`; unbounded below (the value half has either sign).
+    :math:`a = 0`: there the derivative with respect to :math:`a` is 0, that of ReLU's :math:`a \le 0` piece.
+    Unbounded below (the value half has either sign).
 
     Args:
         dim: the axis to split (its size must be even). Default: -1.

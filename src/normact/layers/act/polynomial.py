@@ -87,7 +87,8 @@ class PolyReLU(nn.Module):
     ``bias = 0``, so at initialization :math:`f(x) = (x^3 + x^2 + x)/3` for :math:`x > 0` and :math:`0` for
     :math:`x \le 0`. Other orders initialize ``weight`` to :math:`1/r`.
 
-    Kink at 0 (the left derivative is 0, the right one :math:`a_1`). Registered ``monotonic`` and
+    Kink at 0 (the left derivative is 0, the right one :math:`a_1`); exactly at 0 the derivative is 0 (ReLU's
+    derivative there is torch.relu's, 0). Registered ``monotonic`` and
     ``bounded_below`` for its initial parameters (the coefficients are learned). Deliberate difference: the
     official code recomputes the polynomial in the backward pass (activation checkpointing); here autograd
     stores it. float16/bfloat16 inputs are computed in float32.
@@ -425,7 +426,9 @@ class TropicalActivation(nn.Module):
     initialization all lines meet at 0: :math:`f(x) = g\,(1 + n\max(x, 0))`, i.e. :math:`\sqrt2/n +
     \sqrt2\,\mathrm{ReLU}(x)` with the default gain (the :math:`\sqrt2` of ReLU's unit-second-moment gain).
     Default degree :math:`n = 5`, the degree of the paper's ConvNeXt experiments (K-H-Ismail/ConvNeXt-ortho,
-    ``convnext_tropical_*``). Kinks where two lines cross (at 0 initially). Not provided: the tropical rational
+    ``convnext_tropical_*``). Kinks where two lines cross (at 0 initially); at a kink the derivative is that of
+    the lowest-degree line among those tied for the maximum, as in the official code (``max(-1)`` returns the
+    first maximum): 0 at :math:`x = 0` initially. Not provided: the tropical rational
     activation. float16/bfloat16 inputs are computed in float32.
 
     Args:

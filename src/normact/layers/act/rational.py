@@ -90,7 +90,8 @@ class PAU(nn.Module):
     (``pade_sigmoid_3``, the [3/2] Padé approximant of the logistic sigmoid) and ``"softplus"``
     (``pade_softplus``). For large :math:`|x|`, :math:`F(x) \approx (a_5/|b_4|)\,x`, so the LeakyReLU fit is
     not bounded below. :math:`F` has a kink at 0 (the :math:`|x|` and :math:`|x|^3` terms; version B: at the
-    real roots of :math:`\sum_k b_k x^k`, among them 0).
+    real roots of :math:`\sum_k b_k x^k`, among them 0); there :math:`|\cdot|` is differentiated as 0,
+    torch.abs's convention, so :math:`F'(0) = a_1`.
 
     Deliberate differences from the official code: autograd computes the exact gradient (the official CUDA
     backward adds an optional regularisation term, disabled in ``PAU()`` with ``alpha=0``); float16/bfloat16
@@ -172,7 +173,10 @@ class SAU(nn.Module):
     \cdot 10^{-5}`), the paper's experimental setting as reported by two independent secondary sources (the
     paper's text and code could not be read here). Secondary sources print the closed form with slips (a
     missing :math:`(1-\alpha)` on the Gaussian term, or :math:`x/2` for :math:`(1+\alpha)x/2`); normact
-    implements the exact convolution, which the tests check against numerical quadrature.
+    implements the exact convolution, which the tests check against numerical quadrature. It is computed as
+    :math:`\alpha x + (1 - \alpha)\,\mathrm{E}[\mathrm{ReLU}(x + \sigma Z)]` with :math:`\Phi` by erfc (and
+    the Mills ratio for :math:`x < 0`), since the closed form's :math:`1 + \mathrm{erf}` cancels for negative
+    :math:`x` (the smoothed ReLU's tail, all of the value at :math:`\alpha = 0`, is lost).
 
     Args:
         dim: number of channels for a per-channel :math:`\alpha` along ``channel_axis``; None for one

@@ -52,7 +52,8 @@ class SmeLU(nn.Module):
     ReLU with its corner replaced by the quadratic that matches value and slope at :math:`\pm\beta` (ReLU
     convolved with a box of width :math:`2\beta`): continuously differentiable, monotonic, :math:`f(0) = \beta/4`,
     and ReLU as :math:`\beta \to 0`. Its second derivative jumps at :math:`\pm\beta` (0, :math:`1/(2\beta)`, 0),
-    so it is not registered as smooth. The paper sweeps :math:`\beta` and fixes no single value; the default
+    so it is not registered as smooth; its derivative there is 0 at :math:`-\beta` and 1 at :math:`\beta`
+    from either piece. The paper sweeps :math:`\beta` and fixes no single value; the default
     :math:`\beta = 1` (transition on :math:`[-1, 1]`) is this library's choice.
 
     Args:
@@ -94,7 +95,8 @@ class CRReLU(nn.Module):
 
     The correction that the paper's entropy-based optimization (EAFO) derives from ReLU, with a learnable
     :math:`\varepsilon` initialized to 0.01 (one scalar by default, as in the paper; one per channel with
-    ``dim``). The one-sided derivatives at 0 are :math:`\varepsilon` and :math:`1 + \varepsilon`; for
+    ``dim``). The one-sided derivatives at 0 are :math:`\varepsilon` and :math:`1 + \varepsilon`; exactly at 0
+    it is :math:`\varepsilon` (ReLU's derivative there is torch.relu's, 0); for
     :math:`\varepsilon > 0` the function dips to :math:`-\varepsilon e^{-1/2}` at :math:`x = -1` (bounded below,
     not monotonic) and tends to ReLU as :math:`|x| \to \infty`. No official code was found; the formula and
     initial value agree with the paper's abstract-level description and public re-implementations.

@@ -57,6 +57,8 @@ class DReLU(nn.Module):
     Eq. 2): an output is zero as soon as either branch is non-positive (density 1/4 for independent symmetric
     halves, against 1/2 for ReGLU). The halves follow :class:`SwiGLU`'s layout (first half: gate projection,
     second: up projection); the function is symmetric in them. Non-negative, and non-decreasing in each half.
+    Exactly at :math:`a = 0` (or :math:`b = 0`) the derivative with respect to that half is 0, that of ReLU's
+    :math:`a \le 0` piece.
 
     Args:
         dim: the axis to split (its size must be even), as ``torch.nn.GLU``. Default: -1.
@@ -98,7 +100,7 @@ class FATReLU(nn.Module):
     small positive threshold :math:`T`, pruning weakly activated neurons. The default :math:`T = 0.01` is the
     ``hidden_act_param`` of the released ProSparse-LLaMA-2-7B/13B checkpoints. The function jumps from 0 to
     :math:`T` at :math:`x = T` (``f(T) = T``, ``f(T - 10^{-6}) = 0``); its derivative is 0 below :math:`T` and 1
-    above. ``threshold=0`` gives ReLU.
+    above; exactly at :math:`x = T` it is 1, that of the :math:`x \ge T` piece. ``threshold=0`` gives ReLU.
 
     Differs from ``torch.nn.Threshold(T, 0)`` only at :math:`x = T` exactly: torch keeps :math:`x > T`, FATReLU
     keeps :math:`x \ge T` (as ProSparse's and Kurtz et al.'s code). The comparison runs in the input's dtype.
