@@ -10,10 +10,12 @@ drift and noise from other processes hit both; printed are the median times, the
 median of the per-pair ratios. ``--clock cpu`` times the calling thread's CPU time (``time.thread_time``), which
 another process cannot inflate; it needs ``--threads 1``. On CUDA each timed forward is synchronised.
 
-Memory: two fresh processes run ``--batches`` and ten times as many probed forwards; printed are their peak
-resident memory (VmHWM, with glibc's ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed blocks go back to
-the system; peak allocated memory on CUDA) and the bytes the probe holds at the end (accumulators and queued
-batch results, flushed every 16 batches), which must not grow with the number of batches.
+Memory: two fresh processes, one probed and one plain, each run ``--batches`` forwards and then up to ten times as
+many; printed are their peak resident memory (VmHWM; peak allocated memory on CUDA) after each count and the
+ratio, and the bytes the probe holds (accumulators and the preallocated queues of per-batch results). It runs
+with glibc's default malloc settings, as users do (a ``MALLOC_*`` variable or ``GLIBC_TUNABLES`` already in the
+environment is passed on and printed): the probe's steady state allocates the same sizes at every batch, so
+the peak must not grow with the number of batches under the default allocator either.
 
     python benchmarks/probe_overhead.py                                  # both models, CPU, default threads
     python benchmarks/probe_overhead.py --threads 1 --clock cpu          # robust on a shared machine
@@ -24,6 +26,7 @@ batch results, flushed every 16 batches), which must not grow with the number of
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -161,42 +164,56 @@ def _peak_rss() -> int:
     return rss if sys.platform == "darwin" else rss * 1024
 
 
-def _memory_child(name: str, batches: int, args: argparse.Namespace) -> None:
-    """Run ``batches`` probed forwards in this (fresh) process and print the peak memory as JSON."""
+def _memory_child(name: str, batches: int, mode: str, args: argparse.Namespace) -> None:
+    """Run ``batches`` forwards, probed or plain, in this (fresh) process, then up to ten times as many, and print
+    the peak memory after each count as JSON."""
     built = _build(name, args)
     assert not isinstance(built, str), built
     model, inputs = built
     model = model.to(args.device)
     inputs = {k: v.to(args.device) for k, v in inputs.items()}
     run = _forward(model, inputs, args.device)
+    out: dict[str, list[int]] = {"peak_bytes": [], "held_bytes": []}
     with torch.no_grad():
         run()
         if args.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        with _probe(model, args) as p:
-            for _ in range(batches):
-                run()
-            held = _held_bytes(p)
-    peak = torch.cuda.max_memory_allocated() if args.device == "cuda" else _peak_rss()
-    print(json.dumps({"peak_bytes": peak, "held_bytes": held}))
+        with contextlib.ExitStack() as stack:
+            p = stack.enter_context(_probe(model, args)) if mode == "probed" else None
+            done = 0
+            for count in (batches, 10 * batches):
+                for _ in range(count - done):
+                    run()
+                done = count
+                out["peak_bytes"].append(torch.cuda.max_memory_allocated() if args.device == "cuda" else _peak_rss())
+                out["held_bytes"].append(0 if p is None else _held_bytes(p))
+    print(json.dumps(out))
 
 
 def _memory(name: str, args: argparse.Namespace) -> dict[str, float]:
     out = {}
-    for label, n in (("1x", args.batches), ("10x", 10 * args.batches)):
-        cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", name, str(n), *_child_args(args)]
-        # glibc returns blocks of 64 KiB or more to the system when freed, so the peak follows the live memory
-        # (by default its heap keeps and fragments freed blocks, and the peak depends on the allocation order)
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", "65536")}
-        res = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
-        out[label] = json.loads(res.stdout.strip().splitlines()[-1])
+    for mode in ("probed", "plain"):
+        cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", name, str(args.batches), mode]
+        res = subprocess.run([*cmd, *_child_args(args)], capture_output=True, text=True, check=True)
+        out[mode] = json.loads(res.stdout.strip().splitlines()[-1])
+    mib = 2**20
+    probed, plain = out["probed"]["peak_bytes"], out["plain"]["peak_bytes"]
     return {
-        "peak_1x_mib": out["1x"]["peak_bytes"] / 2**20,
-        "peak_10x_mib": out["10x"]["peak_bytes"] / 2**20,
-        "peak_ratio": out["10x"]["peak_bytes"] / out["1x"]["peak_bytes"],
-        "held_1x_kib": out["1x"]["held_bytes"] / 2**10,
-        "held_10x_kib": out["10x"]["held_bytes"] / 2**10,
+        "peak_1x_mib": probed[0] / mib,
+        "peak_10x_mib": probed[1] / mib,
+        "peak_ratio": probed[1] / probed[0],
+        "plain_1x_mib": plain[0] / mib,
+        "plain_10x_mib": plain[1] / mib,
+        "plain_ratio": plain[1] / plain[0],
+        "held_1x_mib": out["probed"]["held_bytes"][0] / mib,
+        "held_10x_mib": out["probed"]["held_bytes"][1] / mib,
     }
+
+
+def _malloc_settings() -> str:
+    """The glibc malloc settings of the environment (those the memory children inherit)."""
+    env = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"]
+    return ", ".join(env) if env else "default malloc"
 
 
 def _child_args(args: argparse.Namespace) -> list[str]:
@@ -222,14 +239,14 @@ def main() -> None:
     ap.add_argument("--resnet-batch", type=int, default=64)
     ap.add_argument("--sample", type=int, default=None, help="the probe's sample= (default: the probe's default)")
     ap.add_argument("--compile", action="store_true", help="probe with compile=True (compiles for tens of seconds)")
-    ap.add_argument("--batches", type=int, default=10, help="memory check: batches of the 1x run (10x: ten times)")
+    ap.add_argument("--batches", type=int, default=40, help="memory check: peak after this many batches and ten times")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory check")
-    ap.add_argument("--memory-child", nargs=2, metavar=("MODEL", "BATCHES"), help=argparse.SUPPRESS)
+    ap.add_argument("--memory-child", nargs=3, metavar=("MODEL", "BATCHES", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_child:
-        _memory_child(args.memory_child[0], int(args.memory_child[1]), args)
+        _memory_child(args.memory_child[0], int(args.memory_child[1]), args.memory_child[2], args)
         return
     if args.clock == "cpu" and torch.get_num_threads() != 1:
         ap.error("--clock cpu times one thread: use it with --threads 1")
@@ -258,10 +275,12 @@ def main() -> None:
         )
         if not args.no_memory:
             m = _memory(name, args)
+            where = "peak allocated" if args.device == "cuda" else f"peak RSS, {_malloc_settings()}"
             print(
-                f"{'':9s} memory: peak {m['peak_1x_mib']:.1f} MiB after {args.batches} batches, "
+                f"{'':9s} memory ({where}): probed {m['peak_1x_mib']:.1f} MiB after {args.batches} batches, "
                 f"{m['peak_10x_mib']:.1f} MiB after {10 * args.batches} (x{m['peak_ratio']:.3f}); "
-                f"probe holds {m['held_1x_kib']:.1f} KiB, then {m['held_10x_kib']:.1f} KiB"
+                f"plain {m['plain_1x_mib']:.1f} MiB, {m['plain_10x_mib']:.1f} MiB (x{m['plain_ratio']:.3f}); "
+                f"probe holds {m['held_1x_mib']:.1f} MiB, then {m['held_10x_mib']:.1f} MiB"
             )
 
 

@@ -24,6 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from normact.probing._staging import SlotQueue
+from normact.probing._topk import TopK, top_flat, top_rows, topk_candidates
+
 __all__ = [
     "HIST_BINS",
     "HIST_SHIFT",
@@ -161,7 +164,10 @@ class Moments:
     ``[mean, M2, M3, M4]``. Each batch is reduced around its own mean (in float32, float64 for float64 input)
     and queued; queued batches are merged in float64, all at once, every ``flush_every`` batches and before
     any read (:func:`_combine`, the multi-group form of Chan et al. 1979 and Pébay 2008), so the variance and
-    kurtosis keep float64 accuracy whatever the offset of the data and a hook launches few kernels.
+    kurtosis keep float64 accuracy whatever the offset of the data and a hook launches few kernels. The queue
+    is a buffer allocated at the first batch and the merge writes the state in place, so that after it nothing
+    allocated for a batch outlives it (see :mod:`normact.probing._staging`: that keeps the heap from
+    fragmenting).
     """
 
     flush_every = 16
@@ -170,7 +176,8 @@ class Moments:
         self._count = 0
         self.higher = higher
         self._m = torch.zeros(4 if higher else 2, channels, dtype=torch.float64, device=device)
-        self._pending: list[tuple[int, Tensor]] = []
+        self._ns: list[int] = []  # counts of the queued batches, whose rows wait in _queue (allocated once)
+        self._queue = SlotQueue()
 
     @property
     def channels(self) -> int:
@@ -178,7 +185,7 @@ class Moments:
 
     @property
     def count(self) -> int:
-        return self._count + sum(n for n, _ in self._pending)
+        return self._count + sum(self._ns)
 
     @property
     def m(self) -> Tensor:
@@ -198,29 +205,32 @@ class Moments:
 
     def add_batch(self, n: int, rows: Tensor) -> None:
         """Queue the moment rows of a batch of ``n`` elements per channel (from :meth:`batch`)."""
-        self._pending.append((n, rows))
-        if len(self._pending) >= self.flush_every:
+        self._ns.append(n)
+        if self._queue.push(self.flush_every, rows) >= self.flush_every:
             self.flush()
 
     def flush(self) -> None:
-        """Merge the queued batches into the float64 state."""
-        if not self._pending:
+        """Merge the queued batches into the float64 state (in place)."""
+        if not self._ns:
             return
-        groups = ([(self._count, self._m)] if self._count else []) + self._pending
-        self._pending = []
-        rows = torch.stack([r for _, r in groups]).to(torch.float64)
-        if len(groups) == 1:
-            self._count, self._m = groups[0][0], rows[0]
+        pending = self._queue.column(0)
+        assert pending is not None
+        counts = ([self._count] if self._count else []) + self._ns
+        rows = torch.cat([self._m.unsqueeze(0), pending]) if self._count else pending.to(torch.float64)
+        self._ns = []
+        self._queue.clear()
+        if len(counts) == 1:
+            self._count = counts[0]
+            self._m.copy_(rows[0])
             return
-        counts = _host_to_device([float(n) for n, _ in groups], self._m.device)
-        self._m = _combine(counts, rows)
-        self._count = sum(n for n, _ in groups)
+        self._m.copy_(_combine(_host_to_device([float(n) for n in counts], self._m.device), rows))
+        self._count = sum(counts)
 
     def merge_(self, other: Moments) -> Moments:
         if other.m.shape != self.m.shape:
             raise ValueError(f"cannot merge moments of shape {tuple(other.m.shape)} into {tuple(self.m.shape)}")
         if other.count:
-            self._pending.append((other.count, other.m.to(self._m.device)))
+            self.add_batch(other.count, other.m)
             self.flush()
         return self
 
@@ -375,181 +385,6 @@ def _histc_counts(idx: Tensor, slots: int = HIST_SLOTS) -> Tensor:
     return out
 
 
-class TopK:
-    """The ``k`` largest magnitudes over the data at distinct ``(token, channel)`` positions, with their signed
-    values: a device-side buffer of fixed size, merged by concatenation, de-duplication and ``topk``.
-
-    Each batch is first reduced to the largest |x| over its samples at every position, so one position enters
-    once with its largest value; the merged buffer is exactly the top k of the per-position maxima over all
-    the data (a position in the global top k is in the top k of the batch holding its maximum). Batch
-    candidates are queued and merged every ``flush_every`` batches and before any read. Empty slots hold
-    magnitude -inf and position -1.
-    """
-
-    flush_every = 64  # candidates are tiny (k per batch); a flush sorts them all
-
-    def __init__(self, k: int, device: Any = None) -> None:
-        self.k = k
-        self._abs = torch.full((k,), -math.inf, dtype=torch.float64, device=device)
-        self._value = torch.zeros(k, dtype=torch.float64, device=device)
-        self._token = torch.full((k,), -1, dtype=torch.int64, device=device)
-        self._channel = torch.full((k,), -1, dtype=torch.int64, device=device)
-        self._pending: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
-
-    @property
-    def abs(self) -> Tensor:
-        self.flush()
-        return self._abs
-
-    @property
-    def value(self) -> Tensor:
-        self.flush()
-        return self._value
-
-    @property
-    def token(self) -> Tensor:
-        self.flush()
-        return self._token
-
-    @property
-    def channel(self) -> Tensor:
-        self.flush()
-        return self._channel
-
-    def update(self, x: Tensor, a: Tensor, first: bool) -> None:
-        """``x`` the canonical 3-D batch and ``a`` its magnitudes (same view)."""
-        self.add_batch(x, a.amax(0), first)
-
-    def add_batch(self, x: Tensor, per_position: Tensor, first: bool) -> None:
-        """Queue the candidates of batch ``x`` given its largest magnitude at each position (``|x|.amax(0)``)."""
-        self.add_candidates(*topk_candidates(x, per_position, first, self.k))
-
-    def add_candidates(self, top: Tensor, value: Tensor, token: Tensor, channel: Tensor) -> None:
-        """Queue candidates from :func:`topk_candidates`."""
-        self._queue((top, value, value, token, channel, None))
-
-    def add_flat(self, top: Tensor, hi: Tensor, lo: Tensor, idx: Tensor, first: bool, s: int, c: int) -> None:
-        """Queue candidates given by their magnitude ``top``, the largest and smallest value over the batch at
-        their position (``hi``, ``lo``: the signed value is ``hi`` when ``hi >= top``, else ``lo``) and flat
-        indices into a ``(C, S)`` (``first``) or ``(S, C)`` grid. Signs and (token, channel) pairs are resolved at
-        the next flush, for all queued batches at once."""
-        self._queue((top, hi, lo, idx, None, (first, s, c)))
-
-    def _queue(self, entry: tuple[Any, ...]) -> None:
-        self._pending.append(entry)
-        if len(self._pending) >= self.flush_every:
-            self.flush()
-
-    def flush(self) -> None:
-        """Merge the queued candidates into the buffer."""
-        if not self._pending:
-            return
-        pending, self._pending = self._pending, []
-        a = torch.cat([self._abs, *(e[0] for e in pending)]).to(torch.float64)
-        hi = torch.cat([self._value, *(e[1] for e in pending)]).to(torch.float64)
-        lo = torch.cat([self._value, *(e[2] for e in pending)]).to(torch.float64)
-        v = torch.where(hi >= a, hi, lo)
-        tokens, channels = [self._token], [self._channel]
-        i = 0
-        while i < len(pending):  # runs of flat indices on one grid are converted together
-            grid = pending[i][5]
-            j = i + 1
-            if grid is None:
-                tokens.append(pending[i][3])
-                channels.append(pending[i][4])
-            else:
-                while j < len(pending) and pending[j][5] == grid:
-                    j += 1
-                idx = torch.cat([e[3] for e in pending[i:j]])
-                first, s_, c_ = grid
-                tokens.append(idx % s_ if first else idx // c_)
-                channels.append(idx // s_ if first else idx % c_)
-            i = j
-        t = torch.cat(tokens)
-        c = torch.cat(channels)
-        # de-duplicate positions: sort by magnitude (descending), then stably by position; keep the first of a run
-        order = a.argsort(descending=True, stable=True)
-        order = order[(t[order] * (1 << 32) + c[order]).argsort(stable=True)]
-        key = t[order] * (1 << 32) + c[order]
-        dup = torch.zeros_like(key, dtype=torch.bool)
-        dup[1:] = key[1:] == key[:-1]
-        top, i = a[order].masked_fill(dup, -math.inf).topk(self.k)
-        sel = order[i]
-        empty = top == -math.inf
-        self._abs = top
-        self._value = v[sel].masked_fill(empty, 0.0)
-        self._token = t[sel].masked_fill(empty, -1)
-        self._channel = c[sel].masked_fill(empty, -1)
-
-    def merge_(self, other: TopK) -> TopK:
-        if other.k != self.k:
-            raise ValueError(f"cannot merge a top-{other.k} buffer into a top-{self.k} buffer")
-        dev = self._abs.device
-        value = other.value.to(dev)
-        self._pending.append((other.abs.to(dev), value, value, other.token.to(dev), other.channel.to(dev), None))
-        self.flush()
-        return self
-
-    def records(self) -> list[dict[str, Any]]:
-        """The filled slots, largest first: ``{"token", "channel", "value", "abs"}``."""
-        a, v = self.abs.cpu().tolist(), self.value.cpu().tolist()
-        t, c = self.token.cpu().tolist(), self.channel.cpu().tolist()
-        return [
-            {"token": t[i], "channel": c[i], "value": v[i], "abs": a[i]} for i in range(self.k) if a[i] != -math.inf
-        ]
-
-    def state(self) -> dict[str, Any]:
-        return {"k": self.k, "abs": self.abs, "value": self.value, "token": self.token, "channel": self.channel}
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> TopK:
-        out = cls(int(state["k"]), device=state["abs"].device)
-        out._abs, out._value = state["abs"].to(torch.float64), state["value"].to(torch.float64)
-        out._token, out._channel = state["token"].to(torch.int64), state["channel"].to(torch.int64)
-        return out
-
-
-def top_rows(v: Tensor, k: int, block: int = 64) -> tuple[Tensor, Tensor]:
-    """``v.topk(min(k, P), dim=1)`` of a ``(G, P)`` tensor, through the maxima of blocks of ``block`` elements
-    when ``P`` is large: the ``k`` largest values of a row lie in its ``k`` blocks of largest maxima (any other
-    block's maximum is at most the k-th largest value), so a top-k over the block maxima and one over those
-    ``k`` blocks suffice (ties may pick other positions of equal value)."""
-    g, p = v.shape
-    if p < 16 * block * k:
-        return v.topk(min(k, p), dim=1)
-    m = p // block * block
-    blocks = (v if m == p else v[:, :m]).reshape(g, -1, block)
-    bi = blocks.amax(2).topk(k, dim=1).indices  # (G, k)
-    cand = blocks.gather(1, bi.unsqueeze(2).expand(g, k, block)).view(g, k * block)
-    where = (bi.unsqueeze(2) * block + torch.arange(block, device=v.device)).view(g, k * block)
-    if m < p:  # the last partial block is always a candidate
-        cand = torch.cat([cand, v[:, m:]], 1)
-        where = torch.cat([where, torch.arange(m, p, device=v.device).expand(g, -1)], 1)
-    top, j = cand.topk(k, dim=1)
-    return top, where.gather(1, j)
-
-
-def top_flat(v: Tensor, k: int, block: int = 64) -> tuple[Tensor, Tensor]:
-    """``v.topk(min(k, v.numel()))`` of a flat tensor (see :func:`top_rows`)."""
-    top, idx = top_rows(v.view(1, -1), k, block)
-    return top[0], idx[0]
-
-
-def topk_candidates(x: Tensor, per_position: Tensor, first: bool, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The top-``k`` candidates of one canonical 3-D batch ``x``: ``(abs, value, token, channel)`` of the ``k``
-    largest entries of ``per_position``, the largest |x| over the batch at each position, given as floats or as
-    the bit patterns of |x| (integers of x's width, which order non-negative floats like the floats)."""
-    b, s = x.shape[0], x.shape[2 if first else 1]
-    c = x.shape[1 if first else 2]
-    top, idx = top_flat(per_position.flatten(), k)  # positions flattened as (C, S) or (S, C)
-    if not top.is_floating_point():
-        top = top.view(x.dtype)
-    signed = x.reshape(b, -1)[:, idx]  # (B, k): the signed values at the chosen positions
-    value = signed.gather(0, signed.abs().argmax(0, keepdim=True))[0]
-    token, channel = (idx % s, idx // s) if first else (idx // c, idx % c)
-    return top, value, token, channel
-
-
 class Covariance:
     """The running co-moment matrix ``sum (x - mean)(x - mean)^T`` over channels (C x C, float64), merged with
     Chan's formula; its eigenvalues give the effective rank. Needs its own :class:`Moments` means, so it keeps
@@ -585,12 +420,14 @@ class Covariance:
     def _merge(self, nb: int, mb: Tensor, cb: Tensor) -> None:
         na = self.count
         if na == 0:
-            self.count, self.mean, self.comoment = nb, mb.clone(), cb.clone()
+            self.count = nb
+            self.mean.copy_(mb)
+            self.comoment.copy_(cb)
             return
         n = na + nb
         delta = mb - self.mean
-        self.comoment = self.comoment + cb + torch.outer(delta, delta) * (na * nb / n)
-        self.mean = self.mean + delta * (nb / n)
+        self.comoment.add_(cb).add_(torch.outer(delta, delta).mul_(na * nb / n))  # in place: see _staging
+        self.mean.add_(delta * (nb / n))
         self.count = n
 
     def merge_(self, other: Covariance) -> Covariance:
@@ -761,8 +598,9 @@ class ActivationStats:
     neither), ``hist``, ``cov`` (when ``channels <= max_cov_features``).
 
     A batch is reduced by :func:`batch_reductions` into a few small tensors; they are queued (the moments in
-    :class:`Moments`, the extremes and counts here, the top-k candidates in :class:`TopK`) and merged every
-    ``flush_every`` batches and before any read, so that a hook launches few small operations.
+    :class:`Moments`, the extremes and counts here, the top-k candidates in :class:`TopK`), copied into buffers
+    allocated at the first batch, and merged in place every ``flush_every`` batches and before any read, so that
+    a hook launches few small operations and nothing allocated for a batch outlives it.
     """
 
     flush_every = 16
@@ -792,7 +630,7 @@ class ActivationStats:
         self.hist = Histogram(device) if "hist" in stats else None
         self.topk = TopK(topk, device) if "topk" in stats and topk > 0 else None
         self.cov = Covariance(channels, device) if "cov" in stats and channels <= max_cov_features else None
-        self._pending: list[Tensor] = []
+        self._queue = SlotQueue()  # per-batch extremes (2, C) and counts (2, C), merged every flush_every batches
 
     @property
     def count(self) -> int:
@@ -859,8 +697,8 @@ class ActivationStats:
         if self._nonzero is not None:
             self.zeros_count += r["zeros_n"]
         if self._cmin is not None or self._nonzero is not None:
-            self._pending.append((rows[m:] if self._cmin is not None else None, r.get("counts")))
-            if len(self._pending) >= self.flush_every:
+            queued = self._queue.push(self.flush_every, rows[m:] if self._cmin is not None else None, r.get("counts"))
+            if queued >= self.flush_every:
                 self.flush()
         if self.hist is not None:
             self.hist.counts += r["hist"]
@@ -874,18 +712,19 @@ class ActivationStats:
         self.add_reduced(self.reduce(x, first, reduce))
 
     def flush(self) -> None:
-        """Merge the queued per-batch extremes and counts."""
-        if not self._pending:
+        """Merge the queued per-batch extremes and counts (in place)."""
+        if not self._queue.n:
             return
-        pending, self._pending = self._pending, []
-        if self._cmin is not None:
-            rows = torch.stack([e[0] for e in pending]).to(torch.float64)  # (G, 2, C)
-            self._cmin = torch.minimum(self._cmin, rows[:, 0].amin(0))
-            self._cmax = torch.maximum(self._cmax, rows[:, 1].amax(0))
-        if self._nonzero is not None:
-            counts = torch.stack([e[1] for e in pending]).sum(0, dtype=torch.int64)  # (2, C)
-            self._nonzero = self._nonzero + counts[0]
-            self._above = self._above + counts[1]
+        extremes, counts = self._queue.column(0), self._queue.column(1)
+        if self._cmin is not None and extremes is not None:
+            rows = extremes.to(torch.float64)  # (G, 2, C)
+            torch.minimum(self._cmin, rows[:, 0].amin(0), out=self._cmin)
+            torch.maximum(self._cmax, rows[:, 1].amax(0), out=self._cmax)
+        if self._nonzero is not None and counts is not None:
+            total = counts.sum(0, dtype=torch.int64)  # (2, C)
+            self._nonzero.add_(total[0])
+            self._above.add_(total[1])
+        self._queue.clear()
 
     @property
     def zeros(self) -> Tensor | None:
@@ -904,13 +743,13 @@ class ActivationStats:
         self.flush()
         dev = self.moments.m.device
         if self._cmin is not None and other.cmin is not None:
-            self._cmin = torch.minimum(self._cmin, other.cmin.to(dev))
-            self._cmax = torch.maximum(self._cmax, other.cmax.to(dev))
+            torch.minimum(self._cmin, other.cmin.to(dev), out=self._cmin)
+            torch.maximum(self._cmax, other.cmax.to(dev), out=self._cmax)
         if self._nonzero is not None and other.nonzero is not None:
             if other.near_zero != self.near_zero:
                 raise ValueError(f"cannot merge near-zero counts at {other.near_zero} into counts at {self.near_zero}")
-            self._nonzero = self._nonzero + other.nonzero.to(dev)
-            self._above = self._above + other.above.to(dev)
+            self._nonzero.add_(other.nonzero.to(dev))
+            self._above.add_(other.above.to(dev))
             self.zeros_count += other.zeros_count
         for part in ("hist", "topk", "cov"):
             mine, theirs = getattr(self, part), getattr(other, part)
@@ -945,5 +784,5 @@ class ActivationStats:
         out.hist = Histogram.from_state(state["hist"]) if "hist" in state else None
         out.topk = TopK.from_state(state["topk"]) if "topk" in state else None
         out.cov = Covariance.from_state(state["cov"]) if "cov" in state else None
-        out._pending = []
+        out._queue = SlotQueue()
         return out

@@ -64,7 +64,10 @@ activation) can fall outside the samples; the moments, sparsity and medians are 
 buffer with the other outputs of its shape (at most 1 MiB per group); at the end of the forward pass (and before
 a report) each group is reduced by one call of :func:`~normact.probing.accumulators.batch_reductions`, a few
 passes over the data with no logarithm and no host synchronisation (on one CPU thread: the groups are small),
-and each record queues its small per-batch results, merged in float64 every 16 batches. A module returning its
+and each record queues its small per-batch results, merged in float64 every 16 batches. The queues and the
+accumulators are allocated at the first batch and written in place: after it, nothing a forward pass allocates
+outlives it and, for inputs of one shape, its temporaries have the same sizes at every batch, so memory stays flat
+over thousands of batches under glibc's default malloc too (:mod:`normact.probing._staging`). A module returning its
 child's output unchanged (a residual block ending in its activation or norm) reuses the child's sample.
 Inference tensors have no version counter, so under ``torch.inference_mode`` that reuse is off (``no_grad``
 keeps it). ``compile=True`` runs the reduction function through ``torch.compile`` (compiled once per process and
@@ -73,18 +76,18 @@ input rank), which fuses it into fewer passes after a compilation of tens of sec
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import functools
 import inspect
 import re
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from normact.probing._staging import _Group, _one_thread
 from normact.probing.accumulators import (
     STAT_GROUPS,
     ActivationStats,
@@ -305,21 +308,6 @@ class _Target:
 
 _STAGE_BYTES = 1 << 20  # staged samples of one shape are reduced together, a group at most this large (a cache)
 _ONE_THREAD_BYTES = 4 << 20  # CPU reductions of at most this many bytes run on one thread (see _one_thread)
-
-
-class _Group:
-    """Copies of same-shape (sampled, canonical) outputs, reduced together by one call of
-    :func:`~normact.probing.accumulators.batch_reductions`: ``members`` are ``(stats, slot)`` pairs, ``gen``
-    counts the reductions (a slot is valid for the generation that filled it)."""
-
-    __slots__ = ("buf", "first", "gen", "members", "n")
-
-    def __init__(self, shape: torch.Size, first: bool, dtype: torch.dtype, device: torch.device, slots: int) -> None:
-        self.buf = torch.empty((max(slots, 1), *shape), dtype=dtype, device=device)
-        self.first = first
-        self.members: list[tuple[ActivationStats, int]] = []
-        self.n = 0
-        self.gen = 0
 
 
 class Probe:
@@ -722,22 +710,6 @@ def _stats_mode() -> Any:
     if torch.is_inference_mode_enabled():
         return _InferenceOffNoGrad()
     return torch.no_grad()
-
-
-@contextlib.contextmanager
-def _one_thread(enabled: bool) -> Iterator[None]:
-    """Run small reductions (a staged group, a sample of at most ``_ONE_THREAD_BYTES``) on one CPU thread: their
-    many small operations gain less from splitting across threads than they lose in synchronisation (much more
-    when another process competes for the cores)."""
-    threads = torch.get_num_threads() if enabled else 1
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class _InferenceOffNoGrad:
