@@ -53,11 +53,12 @@ def test_norm_statistics_at_extreme_magnitudes_and_offsets(entry, case):
 def test_mpmath_references_do_not_call_normact(name):
     import mpmath as mp
 
-    from normact.testing.numerics import _hparams, _module, mp_params
+    from normact.testing.checks import _pointwise_hparams
+    from normact.testing.numerics import _module, mp_params
     from tests.test_harness_meta import normact_forbidden
 
     entry = ENTRIES[name]
-    params, hparams = mp_params(_module(entry, torch.float64)), _hparams(entry)
+    params, hparams = mp_params(_module(entry, torch.float64)), _pointwise_hparams(entry)
     with normact_forbidden():
         for v in (mp.mpf("0.75"), mp.mpf("-1.5")):
             entry.numerics.reference((v, mp.mpf(1)) if entry.info.properties.gated else v, params, hparams)

@@ -501,6 +501,13 @@ def _pointwise_module(entry: LayerEntry) -> nn.Module:
     return entry.build(Case(init=dict(entry.points_init)), dtype=torch.float64).eval()
 
 
+def _pointwise_hparams(entry: LayerEntry) -> dict[str, Any]:
+    """The hyperparameters of :func:`_pointwise_module`'s layer, as a reference receives them (evaluation)."""
+    hparams = entry.hparams(Case(init=dict(entry.points_init)))
+    hparams["training"] = False
+    return hparams
+
+
 def _apply_pointwise(entry: LayerEntry, module: nn.Module, x: Tensor) -> Tensor:
     """``module`` on a batch of scalars (a (k, 2) batch of halves for gated layers): as a 1-D input, or as
     (k, 1) for layers that want a channel axis."""
@@ -534,8 +541,7 @@ def check_kink_derivatives(entry: LayerEntry, offset: float = 1e-3) -> None:
         return
     module = _pointwise_module(entry)
     params = snapshot(module)
-    hparams = entry.hparams(Case(init=dict(entry.points_init)))
-    hparams["training"] = False
+    hparams = _pointwise_hparams(entry)
     for kink in entry.kinks:
         x = torch.tensor([kink - offset, kink + offset], dtype=torch.float64)
         if entry.info.properties.gated:

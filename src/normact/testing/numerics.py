@@ -35,6 +35,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from normact.testing.checks import (
+    _apply_pointwise,
+    _outputs,
+    _pointwise_hparams,
+    _pointwise_module,
+    call_reference,
+    cond_inputs,
+    generator,
+    prepared,
+    snapshot,
+)
 from normact.testing.entry import Case, LayerEntry
 
 MpReference = Callable[..., Any]
@@ -114,8 +125,9 @@ def mp_params(module: nn.Module) -> dict[str, Any]:
 
 
 def _module(entry: LayerEntry, dtype: torch.dtype, params: Mapping[str, float] | None = None) -> nn.Module:
-    torch.manual_seed(1234)
-    module = entry.build(Case(init=dict(entry.points_init)), dtype=torch.float64).eval()
+    """The layer at its initial parameters (:func:`~normact.testing.checks._pointwise_module`), with ``params``
+    written into every element of the named parameters or buffers, in ``dtype``."""
+    module = _pointwise_module(entry)
     if params:
         state = dict(module.named_parameters()) | dict(module.named_buffers())
         with torch.no_grad():
@@ -124,22 +136,6 @@ def _module(entry: LayerEntry, dtype: torch.dtype, params: Mapping[str, float] |
                     raise KeyError(f"{entry.name}: Setting names {name!r}, which the layer does not have")
                 state[name].fill_(value)
     return module.to(dtype)
-
-
-def _hparams(entry: LayerEntry) -> dict[str, Any]:
-    hparams = entry.hparams(Case(init=dict(entry.points_init)))
-    hparams["training"] = False
-    return hparams
-
-
-def _call(entry: LayerEntry, module: nn.Module, x: Tensor) -> Tensor:
-    """``module`` on a batch of scalars (``(k, 2)`` halves for gated layers), as 1-D or ``(k, 1)``."""
-    if entry.info.properties.gated:
-        return module(x)
-    try:
-        return module(x)
-    except ValueError:
-        return module(x[:, None])[:, 0]
 
 
 def _numerics(entry: LayerEntry) -> Numerics:
@@ -217,7 +213,7 @@ def check_switch_derivatives(entry: LayerEntry, atol: float = 1e-10, rtol: float
     if entry.reference_grad is not None:
         return
     mp = _mp()
-    hparams = _hparams(entry)
+    hparams = _pointwise_hparams(entry)
     kinks = tuple(entry.kinks)
     settings = (Setting({}, tuple(numerics.switch_points)), *numerics.settings)
     with mp.workdps(DIGITS):
@@ -250,7 +246,7 @@ def _compare_derivatives(
     x, arg, coord = row
     learnable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     xg = x.clone().requires_grad_(True)
-    y = _call(entry, module, xg.unsqueeze(0)).reshape(())
+    y = _apply_pointwise(entry, module, xg.unsqueeze(0)).reshape(())
     grads = torch.autograd.grad(y, [xg, *(p for _, p in learnable)], allow_unused=True)
     got = float(grads[0].reshape(-1)[coord])
     at = arg[coord] if isinstance(arg, tuple) else arg
@@ -287,7 +283,7 @@ def _check_kinks(entry: LayerEntry, numerics: Numerics) -> None:
             if entry.info.properties.gated and coord != numerics.gate:
                 continue
             xg = x.clone().requires_grad_(True)
-            (g,) = torch.autograd.grad(_call(entry, module, xg.unsqueeze(0)).sum(), xg)
+            (g,) = torch.autograd.grad(_apply_pointwise(entry, module, xg.unsqueeze(0)).sum(), xg)
             got = float(g.reshape(-1)[coord])
             if got != declared and not _close(got, declared, 1e-12, 1e-12):
                 raise AssertionError(
@@ -322,11 +318,11 @@ def check_tails(entry: LayerEntry, dtype: torch.dtype) -> None:
     mp = _mp()
     module = _module(entry, dtype)
     params = mp_params(module)
-    hparams = _hparams(entry)
+    hparams = _pointwise_hparams(entry)
     finfo = torch.finfo(dtype)
     rows = _inputs(entry, sweep(numerics.tail), dtype)
     with torch.no_grad():
-        y = _call(entry, module, torch.stack([r[0] for r in rows])).double().reshape(-1).tolist()
+        y = _apply_pointwise(entry, module, torch.stack([r[0] for r in rows])).double().reshape(-1).tolist()
     worst: tuple[float, str] | None = None
     failures = 0
     with mp.workdps(DIGITS):
@@ -374,8 +370,6 @@ def check_norm_extremes(entry: LayerEntry, case: Case) -> None:
     reference on the same rounded input: within the dtype's tolerance for the scaled inputs (cases whose
     ``eps`` is None, the dtype's own epsilon, skip the tiny scale), and within the tolerance plus
     ``64 eps offset`` for the offset ones (the error any algorithm makes computing ``x - mean``)."""
-    from normact.testing.checks import _outputs, call_reference, cond_inputs, generator, prepared, snapshot
-
     x64 = case.make_input(generator())
     if x64.numel() < 2:
         return
