@@ -143,3 +143,16 @@ def test_extremes_check_fails_on_a_one_pass_variance(monkeypatch):
     entry = ENTRIES["layernorm"]
     with pytest.raises(AssertionError, match="standardized"):
         check_norm_extremes(entry, entry.cases[0])
+
+
+def test_run_all_includes_the_numerics_checks(monkeypatch):
+    """normact.testing.run_all (for users' own layers) runs the mpmath checks too: it passes on DyT and GELU
+    and fails on APA with the clamp_min softplus."""
+    import normact.functional.act_adaptive as adaptive
+    from normact.testing import run_all
+
+    run_all(ENTRIES["dyt"])
+    run_all(ENTRIES["gelu"])
+    monkeypatch.setattr(adaptive, "_softplus", lambda t: t.clamp_min(0) + torch.log1p(torch.exp(-t.abs())))
+    with pytest.raises(AssertionError, match="reference's derivative"):
+        run_all(ENTRIES["apa"])

@@ -571,13 +571,23 @@ CASE_CHECKS: dict[str, Callable[[LayerEntry, Case], None]] = {
 
 
 def run_all(entry: LayerEntry, compile_backend: str = "aot_eager") -> None:
-    """Run every check on every case of ``entry`` (for users putting their own layer through the harness)."""
+    """Run every check on every case of ``entry`` (for users putting their own layer through the harness),
+    with the mpmath checks of :mod:`normact.testing.numerics` where the entry has ``numerics`` and the extreme
+    magnitudes and offsets for norms."""
+    from normact.testing import numerics  # imports this module
+
     check_contract(entry)
     check_points(entry)
     check_kink_derivatives(entry)
+    if entry.numerics is not None:
+        numerics.check_switch_derivatives(entry)
+        for dtype in (torch.float32, torch.float64):
+            numerics.check_tails(entry, dtype)
     for case in entry.cases:
         for name, check in CASE_CHECKS.items():
             if name == "compile":
                 check_compile(entry, case, compile_backend)
             else:
                 check(entry, case)
+        if entry.info.kind == "norm":
+            numerics.check_norm_extremes(entry, case)
