@@ -258,3 +258,20 @@ def test_grouped_reductions_equal_each_batch_alone(first, dtype, b):
     ref1 = x[1].transpose(0, 1).reshape(6, -1) if first else x[1].reshape(-1, 50).T
     assert counts[0].tolist() == (ref1 != 0).sum(1).tolist()
     assert counts[1].tolist() == (ref1.abs() > torch.tensor(1e-3, dtype=dtype)).sum(1).tolist()
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["channels_first", "channels_last"])
+def test_from_state_owns_its_tensors(first):
+    """Merges write the accumulators in place (normact.probing._staging), so an accumulator built from a state
+    must copy it: merging into it leaves the state it came from, and the accumulator that gave it, unchanged."""
+    import copy
+
+    xs = _batches(first, n=6)
+    a, b = ActivationStats(6, ALL, topk=5, near_zero=0.5), ActivationStats(6, ALL, topk=5, near_zero=0.5)
+    for i, x in enumerate(xs):
+        (a if i < 3 else b).update(x, first)
+    state = a.state()
+    before = copy.deepcopy(state)
+    ActivationStats.from_state(state).merge_(b)
+    _state_equal(state, before)
+    _state_equal(a.state(), before)

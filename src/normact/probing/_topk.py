@@ -170,8 +170,11 @@ class TopK:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> TopK:
         out = cls(int(state["k"]), device=state["abs"].device)
-        out._abs, out._value = state["abs"].to(torch.float64), state["value"].to(torch.float64)
-        out._token, out._channel = state["token"].to(torch.int64), state["channel"].to(torch.int64)
+        # copies: the buffer is merged in place, and must not write into the state it came from
+        out._abs = state["abs"].to(torch.float64, copy=True)
+        out._value = state["value"].to(torch.float64, copy=True)
+        out._token = state["token"].to(torch.int64, copy=True)
+        out._channel = state["channel"].to(torch.int64, copy=True)
         return out
 
 

@@ -267,7 +267,7 @@ class Moments:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> Moments:
         out = cls(state["m"].shape[1], higher=state["higher"], device=state["m"].device)
-        out._count, out._m = int(state["count"]), state["m"].to(torch.float64)
+        out._count, out._m = int(state["count"]), state["m"].to(torch.float64, copy=True)
         return out
 
 
@@ -354,7 +354,7 @@ class Histogram:
         if counts.numel() != HIST_SLOTS:
             raise ValueError(f"a histogram has {HIST_SLOTS} slots, got {counts.numel()} (an older report format?)")
         out = cls(device=counts.device)
-        out.counts = counts.to(torch.int64)
+        out.counts = counts.to(torch.int64, copy=True)
         return out
 
 
@@ -457,7 +457,8 @@ class Covariance:
     def from_state(cls, state: dict[str, Any]) -> Covariance:
         out = cls(state["mean"].shape[0], device=state["mean"].device)
         out.count = int(state["count"])
-        out.mean, out.comoment = state["mean"].to(torch.float64), state["comoment"].to(torch.float64)
+        out.mean = state["mean"].to(torch.float64, copy=True)
+        out.comoment = state["comoment"].to(torch.float64, copy=True)
         return out
 
 
@@ -501,7 +502,7 @@ class EntropyStats:
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> EntropyStats:
         out = cls(state["sum"].shape[0], device=state["sum"].device)
-        out.rows, out.sum = int(state["rows"]), state["sum"].to(torch.float64)
+        out.rows, out.sum = int(state["rows"]), state["sum"].to(torch.float64, copy=True)
         return out
 
 
@@ -776,10 +777,10 @@ class ActivationStats:
         out.channels = int(state["channels"])
         out.near_zero = float(state["near_zero"])
         out.moments = Moments.from_state(state["moments"])
-        out._cmin = state["minmax"]["min"].to(torch.float64) if "minmax" in state else None
-        out._cmax = state["minmax"]["max"].to(torch.float64) if "minmax" in state else None
-        out._nonzero = state["zeros"]["nonzero"].to(torch.int64) if "zeros" in state else None
-        out._above = state["zeros"]["above"].to(torch.int64) if "zeros" in state else None
+        out._cmin = state["minmax"]["min"].to(torch.float64, copy=True) if "minmax" in state else None
+        out._cmax = state["minmax"]["max"].to(torch.float64, copy=True) if "minmax" in state else None
+        out._nonzero = state["zeros"]["nonzero"].to(torch.int64, copy=True) if "zeros" in state else None
+        out._above = state["zeros"]["above"].to(torch.int64, copy=True) if "zeros" in state else None
         out.zeros_count = int(state["zeros"]["count"]) if "zeros" in state else 0
         out.hist = Histogram.from_state(state["hist"]) if "hist" in state else None
         out.topk = TopK.from_state(state["topk"]) if "topk" in state else None
