@@ -146,7 +146,7 @@ def _build_app() -> Any:
 
     _add_bench_commands(app, console, err)
     _add_probe_command(app, console, err)
-    from normact.surgery._cli import add_swap_command
+    from normact._cli_swap import add_swap_command
 
     add_swap_command(app, console, err)
     return app

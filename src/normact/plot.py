@@ -9,6 +9,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +17,27 @@ from torch import Tensor, nn
 from normact.registry import get_info
 
 __all__ = ["activation_curves", "plot_activations"]
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (matplotlib is imported on the first call)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(fig: Any, out: str | os.PathLike[str], dpi: int = 120) -> Path:
+    """Write ``fig`` to ``out`` as a PNG atomically (a temporary file beside it, then a rename) and close it."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".png", delete=False) as tmp:
+        fig.savefig(tmp.name, dpi=dpi)
+    pyplot().close(fig)
+    os.replace(tmp.name, out)
+    return out
 
 
 def _module(name: str) -> nn.Module:
@@ -58,12 +80,7 @@ def plot_activations(
     x = torch.linspace(x_min, x_max, points, dtype=torch.float64)
     for name in names:
         curves[get_info(name).name] = activation_curves(name, x)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_f, ax_d) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    fig, (ax_f, ax_d) = pyplot().subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     for name, (y, grad) in curves.items():
         ax_f.plot(x.numpy(), y.numpy(), label=name, linewidth=1.6)
         ax_d.plot(x.numpy(), grad.numpy(), label=name, linewidth=1.6)
@@ -74,10 +91,4 @@ def plot_activations(
         ax.set_xlabel("x")
         ax.grid(alpha=0.3)
     ax_f.legend(loc="upper left", fontsize="small")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".png", delete=False) as tmp:
-        fig.savefig(tmp.name, dpi=120)
-    plt.close(fig)
-    os.replace(tmp.name, out)
-    return out
+    return save_png(fig, out)

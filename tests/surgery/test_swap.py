@@ -572,7 +572,7 @@ def cli(monkeypatch):
     from rich.console import Console
     from typer.testing import CliRunner
 
-    from normact.surgery._cli import add_swap_command
+    from normact._cli_swap import add_swap_command
 
     monkeypatch.setenv("COLUMNS", "200")
     app = typer.Typer()

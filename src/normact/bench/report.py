@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from normact.bench.trial import metric_of
+from normact.plot import pyplot, save_png
 
 SIGNIFICANCE = 0.05
 
@@ -199,11 +200,7 @@ def init_signal(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def plot(results: Sequence[Mapping[str, Any]], out_dir: Path, name: str) -> list[Path]:
     """Learning curves (mean training loss over seeds) and the leaderboard (mean ± std), as PNG files."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = leaderboard(results)
     by_label: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
@@ -222,8 +219,7 @@ def plot(results: Sequence[Mapping[str, Any]], out_dir: Path, name: str) -> list
     ax.set_title(f"{name}: learning curves")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    paths.append(_save(fig, out_dir / f"{name}_curves.png"))
-    plt.close(fig)
+    paths.append(save_png(fig, out_dir / f"{name}_curves.png", dpi=110))
 
     scored = [row for row in rows if row.mean is not None]
     fig, ax = plt.subplots(figsize=(8, 0.4 * len(scored) + 1.5))
@@ -237,21 +233,13 @@ def plot(results: Sequence[Mapping[str, Any]], out_dir: Path, name: str) -> list
         ax.set_xlim(low - pad, high + pad)
     ax.set_title(f"{name}: leaderboard")
     fig.tight_layout()
-    paths.append(_save(fig, out_dir / f"{name}_leaderboard.png"))
-    plt.close(fig)
+    paths.append(save_png(fig, out_dir / f"{name}_leaderboard.png", dpi=110))
     return paths
 
 
 def _short(row: Row) -> str:
     s = row.spec
     return f"{s['norm']} / {s['act']} / lr {s['lr']:g}"
-
-
-def _save(fig: Any, path: Path) -> Path:
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
-    return path
 
 
 def leaderboard_markdown(results: Sequence[Mapping[str, Any]], title: str) -> str:

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from normact.probing.report import ModuleRecord
+from normact.probing._record import ModuleRecord
 
 __all__ = [
     "attention_entropy",

@@ -12,15 +12,12 @@ import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from normact.registry import LayerInfo, get_info
-
-if TYPE_CHECKING:
-    from normact.testing.numerics import Numerics
 
 Params = dict[str, Tensor | None]
 """Named parameters and buffers of a layer (float64 copies taken before the forward pass); disabled ones
@@ -144,6 +141,52 @@ class Layout:
         if self.ranks is not None:
             out += [r for r in range(0, max(valid) + 2) if r not in valid and r not in out]
         return tuple(out)
+
+
+MpReference = Callable[..., Any]
+"""``reference(x, params, hparams)``: the layer's value at one input in mpmath (``x`` an ``mpf``; for gated
+layers the pair of halves ``(a, b)``). ``params`` maps every parameter and floating buffer to an ``mpf``
+(0-d) or nested lists of ``mpf``; ``hparams`` is :meth:`LayerEntry.hparams` in evaluation mode. It must not
+call normact."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Parameter values (``name -> value``, written into every element) at which the derivatives are also
+    checked, with the switch points that those values move (e.g. APA's ``x = ln(lambda) / kappa``)."""
+
+    params: Mapping[str, float]
+    points: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """How an elementwise layer is held against its mpmath reference.
+
+    Args:
+        reference: the function in mpmath (see :data:`MpReference`).
+        switch_points: inputs, at the initial parameters, where the implementation switches form (beyond
+            :data:`~normact.testing.numerics.SWITCH_POINTS`).
+        settings: other parameter values with their switch points.
+        kink_grads: the derivative the layer returns exactly at each of ``entry.kinks`` (same order), at the
+            initial parameters: the documented convention (torch's value where torch has the function).
+        torch_twin: ``torch_twin(x, module) -> Tensor``, torch's own function with the module's parameters,
+            where torch has it: ``kink_grads`` must equal its autograd derivative at the kinks.
+        ulps: the error bound's multiple of ``eps * (|f| + |x f'|)``.
+        tail: the largest ``|x|`` swept.
+        fixed: for gated layers, the other half's value while one half is swept.
+        gate: for gated layers, the half (0 or 1) in which ``entry.kinks`` lie.
+    """
+
+    reference: MpReference
+    switch_points: tuple[float, ...] = ()
+    settings: tuple[Setting, ...] = ()
+    kink_grads: tuple[float, ...] = ()
+    torch_twin: Callable[[Tensor, nn.Module], Tensor] | None = None
+    ulps: float = 16.0
+    tail: float = 2.0**14
+    fixed: float = 1.0
+    gate: int = 0
 
 
 @dataclass(frozen=True)

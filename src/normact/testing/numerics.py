@@ -29,13 +29,12 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from normact.testing.checks import (
+from normact.testing._prepare import (
     _apply_pointwise,
     _outputs,
     _pointwise_hparams,
@@ -46,13 +45,7 @@ from normact.testing.checks import (
     prepared,
     snapshot,
 )
-from normact.testing.entry import Case, LayerEntry
-
-MpReference = Callable[..., Any]
-"""``reference(x, params, hparams)``: the layer's value at one input in mpmath (``x`` an ``mpf``; for gated
-layers the pair of halves ``(a, b)``). ``params`` maps every parameter and floating buffer to an ``mpf``
-(0-d) or nested lists of ``mpf``; ``hparams`` is :meth:`LayerEntry.hparams` in evaluation mode. It must not
-call normact."""
+from normact.testing.entry import Case, LayerEntry, MpReference, Numerics, Setting
 
 SWITCH_POINTS = (0.0, 0.5, -0.5, 1.0, -1.0, 2.0, -2.0, 3.0, -3.0, 6.0, -6.0, 20.0, -20.0)
 """Inputs where stable reformulations commonly switch form (0 for ``clamp``/``abs``/``where`` on the sign, the
@@ -60,45 +53,6 @@ round thresholds of piecewise and clamped forms); every elementwise layer's deri
 
 DIGITS = 40
 _DTYPES = (torch.float32, torch.float64)
-
-
-@dataclass(frozen=True)
-class Setting:
-    """Parameter values (``name -> value``, written into every element) at which the derivatives are also
-    checked, with the switch points that those values move (e.g. APA's ``x = ln(lambda) / kappa``)."""
-
-    params: Mapping[str, float]
-    points: tuple[float, ...] = ()
-
-
-@dataclass(frozen=True)
-class Numerics:
-    """How an elementwise layer is held against its mpmath reference.
-
-    Args:
-        reference: the function in mpmath (see :data:`MpReference`).
-        switch_points: inputs, at the initial parameters, where the implementation switches form (beyond
-            :data:`SWITCH_POINTS`).
-        settings: other parameter values with their switch points.
-        kink_grads: the derivative the layer returns exactly at each of ``entry.kinks`` (same order), at the
-            initial parameters: the documented convention (torch's value where torch has the function).
-        torch_twin: ``torch_twin(x, module) -> Tensor``, torch's own function with the module's parameters,
-            where torch has it: ``kink_grads`` must equal its autograd derivative at the kinks.
-        ulps: the error bound's multiple of ``eps * (|f| + |x f'|)``.
-        tail: the largest ``|x|`` swept.
-        fixed: for gated layers, the other half's value while one half is swept.
-        gate: for gated layers, the half (0 or 1) in which ``entry.kinks`` lie.
-    """
-
-    reference: MpReference
-    switch_points: tuple[float, ...] = ()
-    settings: tuple[Setting, ...] = ()
-    kink_grads: tuple[float, ...] = ()
-    torch_twin: Callable[[Tensor, nn.Module], Tensor] | None = None
-    ulps: float = 16.0
-    tail: float = 2.0**14
-    fixed: float = 1.0
-    gate: int = 0
 
 
 def _mp() -> Any:
@@ -125,7 +79,7 @@ def mp_params(module: nn.Module) -> dict[str, Any]:
 
 
 def _module(entry: LayerEntry, dtype: torch.dtype, params: Mapping[str, float] | None = None) -> nn.Module:
-    """The layer at its initial parameters (:func:`~normact.testing.checks._pointwise_module`), with ``params``
+    """The layer at its initial parameters (:func:`~normact.testing._prepare._pointwise_module`), with ``params``
     written into every element of the named parameters or buffers, in ``dtype``."""
     module = _pointwise_module(entry)
     if params:

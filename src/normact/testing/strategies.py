@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from hypothesis import strategies as st
 
 from normact.testing.entry import Case, LayerEntry
@@ -28,14 +30,4 @@ def cases(draw: st.DrawFn, entry: LayerEntry, max_rank: int = 4, max_size: int =
         shape[0] = max(shape[0], layout.min_batch)
     if layout.min_spatial > 1 and rank >= 3 and shape[-1] * shape[-2] < layout.min_spatial:
         shape[-1] = layout.min_spatial
-    return Case(
-        init=init,
-        shape=tuple(shape),
-        desc="hypothesis",
-        train=base.train,
-        scale=base.scale,
-        offset=base.offset,
-        input_fn=base.input_fn,
-        layout=base.layout,
-        cond_fn=base.cond_fn,
-    )
+    return dataclasses.replace(base, init=init, shape=tuple(shape), desc="hypothesis")

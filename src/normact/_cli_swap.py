@@ -1,4 +1,5 @@
-"""The ``normact swap`` command: swap layers of a Hugging Face model folder and save the result.
+"""The ``normact swap`` command (part of the command line, beside cli.py): swap layers of a Hugging Face model
+folder and save the result.
 
 Registered on the ``normact`` typer app by :func:`add_swap_command` (typer and rich are imported there, not at
 module import). No ``from __future__ import annotations`` here: typer evaluates the annotations at run time.
@@ -67,6 +68,7 @@ def add_swap_command(app: Any, console: Any, err: Any) -> None:
         cannot rebuild the new layers from the original config."""
         from rich.markup import escape
 
+        from normact.registry import get_info
         from normact.surgery.swap import save_swapped, swap
         from normact.zoo import ModelUnavailableError, load_model
 
@@ -82,9 +84,7 @@ def add_swap_command(app: Any, console: Any, err: Any) -> None:
         if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
             fail(f"{out_dir} exists and is not empty (pass --overwrite to replace it)")
         try:
-            import normact
-
-            normact.get_info(target)  # a bad --to fails before the model is loaded
+            get_info(target)  # a bad --to fails before the model is loaded
             with console.status(f"loading {escape(model)}"):
                 zm = load_model(model)
         except (ValueError, TypeError, OSError, ModelUnavailableError) as e:
