@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from normact._checks import check_channels, check_float, check_tensor, upcast
+from normact._checks import check_tensor, upcast
+from normact.functional._act_common import check_gelu_approximate, scalar_or_per_channel, split_halves
 
 __all__ = [
     "geglu",
@@ -47,11 +48,6 @@ def relu2(x: Tensor) -> Tensor:
     return torch.square(F.relu(x))
 
 
-def _check_approximate(approximate: str) -> None:
-    if approximate not in ("none", "tanh"):
-        raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
-
-
 def _gelu(x: Tensor, approximate: str) -> Tensor:
     """GELU in forms that keep their relative accuracy in the negative tail (torch's kernels do not)."""
     xf = upcast(x)
@@ -73,7 +69,7 @@ def gelu(x: Tensor, approximate: str = "none") -> Tensor:
     :math:`1 + \tanh` cancel there (7% off at x = -5 in float32, 0 below -7). Half inputs are computed in
     float32."""
     check_tensor(x, "gelu")
-    _check_approximate(approximate)
+    check_gelu_approximate(approximate)
     return _gelu(x, approximate)
 
 
@@ -87,12 +83,7 @@ def swish(x: Tensor, beta: Tensor | float = 1.0, channel_axis: int = -1) -> Tens
     r"""Swish: :math:`x\,\sigma(\beta x)`. A tensor ``beta`` of shape ``(C,)`` applies per channel along
     ``channel_axis``; a 0-d tensor or a float applies to all elements."""
     check_tensor(x, "swish")
-    if isinstance(beta, Tensor) and beta.dim() > 0:
-        check_channels(x, channel_axis, beta.numel(), "swish", f"(..., C, ...) with C at dim {channel_axis}")
-        axis = channel_axis % x.dim()
-        beta = beta.reshape((-1,) + (1,) * (x.dim() - axis - 1))
-    elif not isinstance(beta, Tensor):
-        beta = check_float("beta", beta)
+    beta = scalar_or_per_channel(beta, x, channel_axis, "swish", "beta")
     return x * torch.sigmoid(beta * x)
 
 
@@ -111,26 +102,14 @@ def golu(x: Tensor, alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0) -
     return (xf * gate).to(x.dtype)
 
 
-def _split(x: Tensor, dim: int, name: str) -> tuple[Tensor, Tensor]:
-    check_tensor(x, name)
-    if x.dim() == 0 or not -x.dim() <= dim < x.dim():
-        raise ValueError(f"{name} splits dim {dim}, but got an input of shape {tuple(x.shape)}")
-    if x.shape[dim] % 2:
-        raise ValueError(
-            f"{name} expects an even size at dim {dim} (gate and value halves), got shape {tuple(x.shape)}"
-        )
-    gate, value = x.chunk(2, dim=dim)
-    return gate, value
-
-
 def swiglu(x: Tensor, dim: int = -1) -> Tensor:
     r"""SwiGLU: split ``x`` in halves :math:`(a, b)` along ``dim``; :math:`\mathrm{SiLU}(a) \odot b`."""
-    gate, value = _split(x, dim, "swiglu")
+    gate, value = split_halves(x, dim, "swiglu", "gate and value halves")
     return F.silu(gate) * value
 
 
 def geglu(x: Tensor, dim: int = -1, approximate: str = "none") -> Tensor:
     r"""GeGLU: split ``x`` in halves :math:`(a, b)` along ``dim``; :math:`\mathrm{GELU}(a) \odot b`."""
-    gate, value = _split(x, dim, "geglu")
-    _check_approximate(approximate)
+    gate, value = split_halves(x, dim, "geglu", "gate and value halves")
+    check_gelu_approximate(approximate)
     return _gelu(gate, approximate) * value

@@ -17,30 +17,22 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from normact._checks import check_channels, check_eps, check_float, check_tensor, shape_str, upcast
-from normact.distributed import batch_moments, sync_active
+from normact._checks import check_channels, check_float, check_tensor, shape_str, upcast
+from normact.functional import _batch
+from normact.functional._act_common import scalar_or_per_channel
 
 __all__ = ["aglu", "apa", "dice", "matrix_activation"]
 
 APA_LAMBDA_MIN = 1e-4
 """The official code's lower clamp of lambda (kostas1515/AGLU README and Ultralytics' AGLU)."""
-
-
-def _per_channel(p: Tensor, x: Tensor, channel_axis: int, name: str) -> Tensor:
-    """A (C,) parameter reshaped to broadcast along ``channel_axis`` of ``x``; a 0-d one unchanged."""
-    if p.dim() == 0:
-        return p
-    check_channels(x, channel_axis, p.numel(), name, f"(..., C, ...) with C at dim {channel_axis}")
-    axis = channel_axis % x.dim()
-    return p.reshape((-1,) + (1,) * (x.dim() - axis - 1))
+_DICE_NEED = "in training needs more than 1 value per channel (N * trailing dims > 1)"
 
 
 def _parameter(p: Tensor | float, x: Tensor, channel_axis: int, name: str, arg: str) -> Tensor | float:
-    if isinstance(p, Tensor):
-        if p.dim() > 1:
-            raise ValueError(f"{name}: {arg} must have shape () or (C,), got shape {shape_str(p.shape)}")
-        return _per_channel(p, x, channel_axis, name).to(x.dtype)
-    return check_float(arg, p)
+    if isinstance(p, Tensor) and p.dim() > 1:
+        raise ValueError(f"{name}: {arg} must have shape () or (C,), got shape {shape_str(p.shape)}")
+    p = scalar_or_per_channel(p, x, channel_axis, name, arg)
+    return p.to(x.dtype) if isinstance(p, Tensor) else p
 
 
 def _softplus(t: Tensor) -> Tensor:
@@ -136,33 +128,17 @@ def dice(
     with ``sync``); the running statistics passed in (if any) are lerped towards the batch mean and the
     unbiased batch variance with ``momentum`` (a float or a 0-d tensor), BatchNorm's convention. Evaluation:
     the running statistics."""
-    check_tensor(x, "dice")
-    if x.dim() < 2:
-        raise ValueError(f"dice expects an input of shape (N, C, *), got shape {shape_str(x.shape)}")
-    check_eps(eps)
+    _batch.check_nc_input("dice", x, eps)
     channels = alpha.numel()
     check_channels(x, 1, channels, "dice", f"(N, {channels}, *)")
-    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
-        if t is not None and t.numel() != channels:
-            raise ValueError(f"dice: {name} must have {channels} elements, got shape {shape_str(t.shape)}")
-    if not isinstance(momentum, Tensor):
-        check_float("momentum", momentum, low=0.0, high=1.0)
+    _batch.check_numel("dice", (("running_mean", running_mean), ("running_var", running_var)), channels)
+    _batch.check_factor(momentum)
     xf = upcast(x)
-    view = (1, -1) + (1,) * (x.dim() - 2)
+    view = _batch.channel_view(x)
     if training:
-        synced = sync and sync_active(process_group)
-        if x.numel() // max(channels, 1) <= 1 and not synced:
-            raise ValueError(
-                f"dice in training needs more than 1 value per channel (N * trailing dims > 1), got input shape "
-                f"{shape_str(x.shape)}"
-            )
-        mean, var, count = batch_moments(xf, (0, *range(2, x.dim())), sync=synced, process_group=process_group)
+        mean, var, count = _batch.batch_stats("dice", xf, sync, process_group, need=_DICE_NEED)
         if running_mean is not None and running_var is not None:
-            with torch.no_grad():
-                factor = momentum.to(xf.dtype) if isinstance(momentum, Tensor) else momentum
-                unbiased = var.detach() * (count / (count - 1).clamp_min(1))
-                running_mean.copy_(torch.lerp(running_mean.to(xf.dtype), mean.detach(), factor))
-                running_var.copy_(torch.lerp(running_var.to(xf.dtype), unbiased, factor))
+            _batch.update_running_stats(running_mean, running_var, mean, var, count, momentum)
     else:
         if running_mean is None or running_var is None:
             raise ValueError("dice in evaluation needs running_mean and running_var")

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from normact._checks import check_float, check_tensor, shape_str, upcast
+from normact.functional._act_common import check_float_tensor, check_vector
 
 __all__ = ["fourier_act", "hermite_act", "polynorm", "polyrelu", "sl2a_chebyshev", "tropical_act"]
 
@@ -21,19 +22,9 @@ HERMITE_NORMALIZATIONS = ("factorial", "sqrt_factorial")
 FOURIER_NORMALIZATIONS = ("factorial", "none")
 
 
-def _vector(t: object, layer: str, name: str, length: int | None = None, minimum: int = 1) -> Tensor:
-    """A 1-D floating tensor (of ``length`` entries when given, at least ``minimum`` otherwise)."""
-    if not isinstance(t, Tensor) or not t.is_floating_point():
-        raise TypeError(f"{layer}: {name} must be a floating-point tensor, got {type(t).__name__}")
-    if t.dim() != 1 or (length is not None and t.numel() != length) or t.numel() < minimum:
-        want = f"({length},)" if length is not None else f"(k,) with k >= {minimum}"
-        raise ValueError(f"{layer}: {name} must have shape {want}, got shape {shape_str(t.shape)}")
-    return t
-
-
 def _bias(t: object, layer: str) -> Tensor:
-    if not isinstance(t, Tensor) or not t.is_floating_point():
-        raise TypeError(f"{layer}: bias must be a floating-point tensor, got {type(t).__name__}")
+    """A tensor of one element (shape (1,) or ()), as a 0-d tensor."""
+    t = check_float_tensor(t, layer, "bias")
     if t.numel() != 1 or t.dim() > 1:
         raise ValueError(f"{layer}: bias must have shape (1,) or (), got shape {shape_str(t.shape)}")
     return t.reshape(())
@@ -49,7 +40,7 @@ def polyrelu(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     power, ``weight[-1]`` the linear term), ``bias`` of shape ``(1,)`` or ``()``. Evaluated by Horner's rule.
     At :math:`x = 0` the derivative is 0 (ReLU's derivative there is torch.relu's, 0: the left piece)."""
     check_tensor(x, "polyrelu")
-    w = _vector(weight, "polyrelu", "weight")
+    w = check_vector(weight, "polyrelu", "weight")
     b = _bias(bias, "polyrelu")
     xf = upcast(x)
     w, b = w.to(xf.dtype), b.to(xf.dtype)
@@ -79,7 +70,7 @@ def polynorm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-6) -> Tens
         raise ValueError(
             f"polynorm expects an input of shape (*, d) with at least 1 dimension, got shape {shape_str(x.shape)}"
         )
-    w = _vector(weight, "polynorm", "weight")
+    w = check_vector(weight, "polynorm", "weight")
     b = _bias(bias, "polynorm")
     eps = check_float("eps", eps, positive=True)
     xf = upcast(x)
@@ -104,7 +95,7 @@ def hermite_act(x: Tensor, coefficients: Tensor, normalization: str = "factorial
     :math:`\mathrm{He}_{k+1} = x\,\mathrm{He}_k - k\,\mathrm{He}_{k-1}`, evaluated by that recurrence on the
     scaled basis. ``"sqrt_factorial"`` makes the basis orthonormal under :math:`N(0, 1)`."""
     check_tensor(x, "hermite_act")
-    a = _vector(coefficients, "hermite_act", "coefficients")
+    a = check_vector(coefficients, "hermite_act", "coefficients")
     if normalization not in HERMITE_NORMALIZATIONS:
         raise ValueError(f"hermite_act: normalization must be one of {HERMITE_NORMALIZATIONS}, got {normalization!r}")
     xf = upcast(x)
@@ -144,10 +135,10 @@ def fourier_act(
     ``phases`` of shape ``(n,)``, all learnable."""
     check_tensor(x, "fourier_act")
     a0 = _bias(fundamental, "fourier_act")
-    a = _vector(coefficients, "fourier_act", "coefficients")
+    a = check_vector(coefficients, "fourier_act", "coefficients")
     n = a.numel()
-    w = _vector(frequencies, "fourier_act", "frequencies", n)
-    phi = _vector(phases, "fourier_act", "phases", n)
+    w = check_vector(frequencies, "fourier_act", "frequencies", n)
+    phi = check_vector(phases, "fourier_act", "phases", n)
     if normalization not in FOURIER_NORMALIZATIONS:
         raise ValueError(f"fourier_act: normalization must be one of {FOURIER_NORMALIZATIONS}, got {normalization!r}")
     xf = upcast(x)
@@ -169,7 +160,7 @@ def tropical_act(x: Tensor, coefficients: Tensor, gain: float = 1.0) -> Tensor:
     At a kink (lines tied for the maximum) the derivative is that of the lowest-degree tied line, as in the
     official code (``max(-1)`` returns the first maximum): 0 at :math:`x = 0` for equal coefficients."""
     check_tensor(x, "tropical_act")
-    c = _vector(coefficients, "tropical_act", "coefficients", minimum=2)
+    c = check_vector(coefficients, "tropical_act", "coefficients", minimum=2)
     gain = check_float("gain", gain)
     xf = upcast(x)
     c = c.to(xf.dtype)
@@ -203,9 +194,7 @@ def sl2a_chebyshev(x: Tensor, coefficients: Tensor) -> Tensor:
     ``(*, out_features)``. :math:`T_k(\tanh x) = \cos(k\theta)` with :math:`\theta = \arccos(\tanh x)`
     computed as :math:`2\arctan(e^{-x})` (see :func:`_tanh_angle`)."""
     check_tensor(x, "sl2a_chebyshev")
-    c = coefficients
-    if not isinstance(c, Tensor) or not c.is_floating_point():
-        raise TypeError(f"sl2a_chebyshev: coefficients must be a floating-point tensor, got {type(c).__name__}")
+    c = check_float_tensor(coefficients, "sl2a_chebyshev", "coefficients")
     if c.dim() != 3:
         raise ValueError(
             "sl2a_chebyshev: coefficients must have shape (in_features, out_features, degree + 1), "

@@ -12,7 +12,8 @@ import math
 import torch
 from torch import Tensor
 
-from normact._checks import check_channels, check_float, check_tensor, shape_str, upcast
+from normact._checks import check_float, check_tensor, upcast
+from normact.functional._act_common import check_vector, scalar_or_per_channel
 
 __all__ = ["pau", "sau"]
 
@@ -20,14 +21,6 @@ PAU_VERSIONS = ("A", "B")
 _SQRT_HALF = math.sqrt(0.5)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _SQRT_HALF_PI = math.sqrt(0.5 * math.pi)
-
-
-def _coefficients(t: object, name: str) -> Tensor:
-    if not isinstance(t, Tensor) or not t.is_floating_point():
-        raise TypeError(f"pau: {name} must be a floating-point tensor, got {type(t).__name__}")
-    if t.dim() != 1 or t.numel() == 0:
-        raise ValueError(f"pau: {name} must have shape (k,) with k >= 1, got shape {shape_str(t.shape)}")
-    return t
 
 
 def pau(x: Tensor, numerator: Tensor, denominator: Tensor, version: str = "A") -> Tensor:
@@ -42,8 +35,8 @@ def pau(x: Tensor, numerator: Tensor, denominator: Tensor, version: str = "A") -
     At a kink (0, and in version B the real roots of :math:`\sum_k b_k x^k`) :math:`|\cdot|` is differentiated
     as 0, torch.abs's convention: :math:`F'(0) = a_1`."""
     check_tensor(x, "pau")
-    a = _coefficients(numerator, "numerator")
-    b = _coefficients(denominator, "denominator")
+    a = check_vector(numerator, "pau", "numerator")
+    b = check_vector(denominator, "pau", "denominator")
     if version not in PAU_VERSIONS:
         raise ValueError(f"pau: version must be one of {PAU_VERSIONS}, got {version!r}")
     xf = upcast(x)
@@ -65,15 +58,6 @@ def pau(x: Tensor, numerator: Tensor, denominator: Tensor, version: str = "A") -
     return (p / q).to(x.dtype)
 
 
-def _per_channel(p: Tensor, x: Tensor, channel_axis: int, name: str) -> Tensor:
-    """A (C,) parameter reshaped to broadcast along ``channel_axis`` of ``x``; a 0-d one unchanged."""
-    if p.dim() == 0:
-        return p
-    check_channels(x, channel_axis, p.numel(), name, f"(..., C, ...) with C at dim {channel_axis}")
-    axis = channel_axis % x.dim()
-    return p.reshape((-1,) + (1,) * (x.dim() - axis - 1))
-
-
 def sau(x: Tensor, alpha: Tensor | float = 0.15, n: float = 20000.0, channel_axis: int = -1) -> Tensor:
     r"""Smooth Activation Unit: the Leaky ReLU with slope :math:`\alpha` convolved with the Gaussian
     :math:`\phi_n(x) = \frac{n}{\sqrt{2\pi}} e^{-n^2 x^2 / 2}` (standard deviation :math:`\sigma = 1/n`):
@@ -91,7 +75,7 @@ def sau(x: Tensor, alpha: Tensor | float = 0.15, n: float = 20000.0, channel_axi
     5e-8 at :math:`x = -5`, :math:`n = 1`, float32), all of the value when :math:`\alpha = 0`."""
     check_tensor(x, "sau")
     n = check_float("n", n, positive=True)
-    alpha = _per_channel(alpha, x, channel_axis, "sau") if isinstance(alpha, Tensor) else check_float("alpha", alpha)
+    alpha = scalar_or_per_channel(alpha, x, channel_axis, "sau", "alpha")
     xf = upcast(x)
     if isinstance(alpha, Tensor):
         alpha = alpha.to(xf.dtype)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from normact._checks import check_channels, check_float, check_tensor, upcast
+from normact.functional._act_common import check_hardtanh_bounds, check_rrelu_bounds
 
 __all__ = [
     "celu",
@@ -57,14 +58,6 @@ def prelu(x: Tensor, weight: Tensor) -> Tensor:
     return F.prelu(x, weight.reshape(channels))
 
 
-def _check_bounds(lower: float, upper: float) -> tuple[float, float]:
-    lower = check_float("lower", lower)
-    upper = check_float("upper", upper)
-    if lower > upper:
-        raise ValueError(f"lower must be <= upper, got lower={lower}, upper={upper}")
-    return lower, upper
-
-
 def rrelu(
     x: Tensor, lower: float = 1.0 / 8, upper: float = 1.0 / 3, training: bool = False, inplace: bool = False
 ) -> Tensor:
@@ -75,7 +68,7 @@ def rrelu(
     :math:`a = (\text{lower} + \text{upper}) / 2`. float16/bfloat16 inputs in training (for which torch's CPU
     kernel has no implementation) draw and multiply in float32 and are rounded back."""
     check_tensor(x, "rrelu")
-    lower, upper = _check_bounds(lower, upper)
+    lower, upper = check_rrelu_bounds(lower, upper)
     if training and x.dtype in _LOW_PRECISION:
         y = F.rrelu(x.float(), lower, upper, training=True).to(x.dtype)
         return x.copy_(y) if inplace else y
@@ -112,10 +105,7 @@ def relu6(x: Tensor, inplace: bool = False) -> Tensor:
 def hardtanh(x: Tensor, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> Tensor:
     r"""Hardtanh: :math:`\min(\max(x, \text{min\_val}), \text{max\_val})` (``min_val < max_val``)."""
     check_tensor(x, "hardtanh")
-    min_val = check_float("min_val", min_val)
-    max_val = check_float("max_val", max_val)
-    if not min_val < max_val:
-        raise ValueError(f"max_val must be > min_val, got min_val={min_val}, max_val={max_val}")
+    min_val, max_val = check_hardtanh_bounds(min_val, max_val)
     return F.hardtanh(x, min_val, max_val, inplace=inplace)
 
 

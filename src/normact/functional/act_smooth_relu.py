@@ -7,7 +7,8 @@ import math
 import torch
 from torch import Tensor
 
-from normact._checks import check_channels, check_eps, check_float, check_tensor, upcast
+from normact._checks import check_eps, check_float, check_tensor, upcast
+from normact.functional._act_common import scalar_or_per_channel
 
 __all__ = ["crrelu", "smelu", "velu", "velu_w2_penalty"]
 
@@ -25,25 +26,13 @@ def smelu(x: Tensor, beta: float = 1.0) -> Tensor:
     return y.to(x.dtype)
 
 
-def _per_channel(x: Tensor, p: Tensor, channel_axis: int, name: str) -> Tensor:
-    """``p`` shaped to broadcast against ``x``: a 0-d tensor as it is, a ``(C,)`` one along ``channel_axis``."""
-    if p.dim() == 0:
-        return p
-    check_channels(x, channel_axis, p.numel(), name, f"(..., C, ...) with C at dim {channel_axis}")
-    axis = channel_axis % x.dim()
-    return p.reshape((-1,) + (1,) * (x.dim() - axis - 1))
-
-
 def crrelu(x: Tensor, epsilon: Tensor | float = 0.01, channel_axis: int = -1) -> Tensor:
     r"""Correction Regularized ReLU: :math:`\max(0, x) + \varepsilon\, x\, e^{-x^2/2}`. A tensor ``epsilon`` of
     shape ``(C,)`` applies per channel along ``channel_axis``; a 0-d tensor or a float applies to all elements.
     At :math:`x = 0` the derivative is :math:`\varepsilon` (ReLU's derivative there is torch.relu's, 0).
     Computed in float32 for half inputs."""
     check_tensor(x, "crrelu")
-    if isinstance(epsilon, Tensor):
-        epsilon = _per_channel(x, epsilon, channel_axis, "crrelu")
-    else:
-        epsilon = check_float("epsilon", epsilon)
+    epsilon = scalar_or_per_channel(epsilon, x, channel_axis, "crrelu", "epsilon")
     xf = upcast(x)
     y = torch.relu(xf) + epsilon * xf * torch.exp(-0.5 * xf * xf)
     return y.to(x.dtype)

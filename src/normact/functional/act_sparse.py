@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from normact._checks import check_float, check_int, check_tensor
-from normact.functional.act_gated import _split_halves
+from normact.functional._act_common import split_halves
 
 __all__ = ["drelu", "fatrelu", "topk_activation"]
 
@@ -20,7 +20,7 @@ def drelu(x: Tensor, dim: int = -1) -> Tensor:
     r"""dReLU: split ``x`` in halves :math:`(a, b)` along ``dim`` (gate projection first, up projection
     second); :math:`\max(0, a) \odot \max(0, b)`. Exactly at :math:`a = 0` (or :math:`b = 0`) the derivative
     with respect to that half is 0, that of ReLU's :math:`a \le 0` piece."""
-    a, b = _split_halves(x, dim, "drelu")
+    a, b = split_halves(x, dim, "drelu")
     return F.relu(a) * F.relu(b)
 
 

@@ -12,6 +12,9 @@ from torch import Tensor, nn
 from normact import functional as NF
 from normact._checks import check_channel_input, check_eps, check_float, check_int, check_momentum
 from normact.functional.act_adaptive import check_breakpoints
+from normact.layers.act._base import Activation, FunctionalActivation
+from normact.layers.act._params import add_scalar_or_channel, check_axis, check_dim, fill_tensors
+from normact.layers.norm import _channel
 from normact.registry import Paper, Param, register
 
 __all__ = ["AGLU", "APA", "Dice", "MatrixActivation"]
@@ -33,10 +36,12 @@ DEEP_INTEREST_NETWORK = Paper(
 # ------------------------------------------------------------------------------------------------- APA, AGLU
 
 
-class _AdaptiveParametric(nn.Module):
-    """Shared body of APA and AGLU: kappa and lambda, one scalar each or one per channel."""
+class _AdaptiveParametric(FunctionalActivation):
+    """Shared body of APA and AGLU: kappa and lambda, one scalar each or one per channel, passed with the channel
+    axis to the functional form."""
 
     __constants__ = ["dim", "channel_axis"]
+    _hyperparameters = ("dim", "kappa_init", "lambda_init", "channel_axis")
 
     def __init__(
         self,
@@ -48,13 +53,12 @@ class _AdaptiveParametric(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.dim = None if dim is None else check_int("dim", dim)
+        self.dim = check_dim(dim)
         self.kappa_init = None if kappa_init is None else check_float("kappa_init", kappa_init)
         self.lambda_init = None if lambda_init is None else check_float("lambda_init", lambda_init, positive=True)
-        self.channel_axis = check_int("channel_axis", channel_axis, minimum=-(2**31))
-        shape = () if self.dim is None else (self.dim,)
-        self.kappa = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
-        self.lambda_ = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
+        self.channel_axis = check_axis("channel_axis", channel_axis)
+        add_scalar_or_channel(self, "kappa", self.dim, device=device, dtype=dtype)
+        add_scalar_or_channel(self, "lambda_", self.dim, device=device, dtype=dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -66,11 +70,8 @@ class _AdaptiveParametric(nn.Module):
                 else:
                     p.fill_(init)
 
-    def extra_repr(self) -> str:
-        return (
-            f"dim={self.dim}, kappa_init={self.kappa_init}, lambda_init={self.lambda_init}, "
-            f"channel_axis={self.channel_axis}"
-        )
+    def _functional_args(self) -> list[Any]:
+        return [self.kappa, self.lambda_, self.channel_axis]
 
 
 _APA_DOC = r"""{title} (Alexandridis, Deng, Nguyen & Luo, 2024, arXiv:2407.08567).
@@ -126,8 +127,7 @@ class APA(_AdaptiveParametric):
         identity="the logistic sigmoid",
     )
 
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.apa(x, self.kappa, self.lambda_, self.channel_axis)
+    _functional = staticmethod(NF.apa)
 
 
 @register(
@@ -150,8 +150,7 @@ class AGLU(_AdaptiveParametric):
         identity="SiLU",
     )
 
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.aglu(x, self.kappa, self.lambda_, self.channel_axis)
+    _functional = staticmethod(NF.aglu)
 
 
 # ------------------------------------------------------------------------------------ trainable matrix activation
@@ -173,7 +172,7 @@ class AGLU(_AdaptiveParametric):
     bounded_below=True,
     verified_against=("torch.nn.ReLU", "torch.nn.PReLU"),
 )
-class MatrixActivation(nn.Module):
+class MatrixActivation(Activation):
     r"""Trainable diagonal matrix activation (Liu, Cao, Li & Zikatanov, 2021, arXiv:2109.09948).
 
     .. math::
@@ -208,6 +207,7 @@ class MatrixActivation(nn.Module):
     """
 
     __constants__ = ["dim", "breakpoints", "channel_axis"]
+    _hyperparameters = ("dim", "breakpoints", "channel_axis")
 
     def __init__(
         self,
@@ -218,11 +218,11 @@ class MatrixActivation(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.dim = None if dim is None else check_int("dim", dim)
+        self.dim = check_dim(dim)
         self.breakpoints = check_breakpoints(breakpoints)
         if 0.0 not in self.breakpoints:
             raise ValueError(f"breakpoints must contain 0 (the ReLU initialisation), got {self.breakpoints}")
-        self.channel_axis = check_int("channel_axis", channel_axis, minimum=-(2**31))
+        self.channel_axis = check_axis("channel_axis", channel_axis)
         shape = (len(self.breakpoints) + 1,) if self.dim is None else (self.dim, len(self.breakpoints) + 1)
         self.levels = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
         self.reset_parameters()
@@ -230,14 +230,10 @@ class MatrixActivation(nn.Module):
     def reset_parameters(self) -> None:
         """levels = ReLU: 1 on the intervals [s_k, s_{k+1}) with s_k >= 0, 0 below."""
         relu = [0.0] + [1.0 if s >= 0 else 0.0 for s in self.breakpoints]
-        with torch.no_grad():
-            self.levels.copy_(torch.tensor(relu, dtype=torch.float64).expand(self.levels.shape))
+        fill_tensors(self, levels=relu)
 
     def forward(self, x: Tensor) -> Tensor:
         return NF.matrix_activation(x, self.levels, self.breakpoints, self.channel_axis)
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}, breakpoints={self.breakpoints}, channel_axis={self.channel_axis}"
 
 
 # ------------------------------------------------------------------------------------------------------ Dice
@@ -266,7 +262,7 @@ class MatrixActivation(nn.Module):
     self_gated=True,
     verified_against=("torch.nn.BatchNorm1d",),
 )
-class Dice(nn.Module):
+class Dice(Activation):
     r"""Dice, the data-adaptive activation of the Deep Interest Network (Zhou et al., 2018, arXiv:1706.06978).
 
     .. math::
@@ -327,30 +323,21 @@ class Dice(nn.Module):
         self.sync = bool(sync)
         self.process_group = process_group
         self.alpha = nn.Parameter(torch.empty(self.dim, **factory_kwargs))
-        self.register_buffer("running_mean", torch.zeros(self.dim, **factory_kwargs))
-        self.register_buffer("running_var", torch.ones(self.dim, **factory_kwargs))
-        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
+        _channel.add_running_stats(self, self.dim, True, factory_kwargs, count=True)
         self.reset_parameters()
 
     def reset_running_stats(self) -> None:
         """running_mean = 0, running_var = 1, num_batches_tracked = 0."""
-        self.running_mean.zero_()
-        self.running_var.fill_(1.0)
-        self.num_batches_tracked.zero_()
+        _channel.reset_running_stats(self)
 
     def reset_parameters(self) -> None:
         """Running statistics reset; alpha = alpha_init."""
         self.reset_running_stats()
-        with torch.no_grad():
-            self.alpha.fill_(self.alpha_init)
+        fill_tensors(self, alpha=self.alpha_init)
 
     def forward(self, x: Tensor) -> Tensor:
         check_channel_input(x, "Dice", self.dim, min_rank=2, layout="(N, {C}, *)")
-        momentum: float | Tensor = 0.0
-        if self.training:
-            self.num_batches_tracked.add_(1)
-            # momentum=None: cumulative average with a tensor factor (no host read; torch.compile captures it)
-            momentum = self.momentum if self.momentum is not None else 1.0 / self.num_batches_tracked.double()
+        momentum = _channel.momentum_factor(self) if self.training else 0.0
         return NF.dice(
             x,
             self.alpha,
@@ -364,4 +351,4 @@ class Dice(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return f"{self.dim}, eps={self.eps}, momentum={self.momentum}" + (", sync=True" if self.sync else "")
+        return f"{self.dim}, eps={self.eps}, momentum={self.momentum}" + _channel.sync_repr(self)

@@ -3,10 +3,9 @@ few bits per element are saved for it: ReGELU2 and ReSiLU2 (2 bits) and HeLU (a 
 
 from __future__ import annotations
 
-from torch import Tensor, nn
-
 from normact import functional as NF
 from normact._checks import check_float
+from normact.layers.act._base import FunctionalActivation
 from normact.registry import Paper, register
 
 __all__ = ["HeLU", "ReGELU2", "ReSiLU2"]
@@ -40,7 +39,7 @@ HELU_PAPER = Paper(
     custom_backward=True,
     verified_against=("torch.nn.GELU",),
 )
-class ReGELU2(nn.Module):
+class ReGELU2(FunctionalActivation):
     r"""ReGELU2, GELU with a 2-bit backward (Yang, Shi, Wang, Zhen, Shi & Xu, 2024, arXiv:2406.16282).
 
     .. math::
@@ -65,11 +64,7 @@ class ReGELU2(nn.Module):
         any; the output has the input's shape and dtype.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.regelu2(x)
-
-    def extra_repr(self) -> str:
-        return ""
+    _functional = staticmethod(NF.regelu2)
 
 
 @register(
@@ -87,7 +82,7 @@ class ReGELU2(nn.Module):
     custom_backward=True,
     verified_against=("torch.nn.SiLU",),
 )
-class ReSiLU2(nn.Module):
+class ReSiLU2(FunctionalActivation):
     r"""ReSiLU2, SiLU with a 2-bit backward (Yang, Shi, Wang, Zhen, Shi & Xu, 2024, arXiv:2406.16282).
 
     .. math::
@@ -105,11 +100,7 @@ class ReSiLU2(nn.Module):
         any; the output has the input's shape and dtype.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.resilu2(x)
-
-    def extra_repr(self) -> str:
-        return ""
+    _functional = staticmethod(NF.resilu2)
 
 
 @register(
@@ -124,7 +115,7 @@ class ReSiLU2(nn.Module):
     custom_backward=True,
     verified_against=("torch.nn.ReLU",),
 )
-class HeLU(nn.Module):
+class HeLU(FunctionalActivation):
     r"""Hysteresis ReLU (Kimhi, Kashani, Mendelson & Baskin, 2024, arXiv:2411.10573).
 
     .. math::
@@ -145,13 +136,9 @@ class HeLU(nn.Module):
     """
 
     __constants__ = ["alpha"]
+    _hyperparameters = ("alpha",)
+    _functional = staticmethod(NF.helu)
 
     def __init__(self, alpha: float = 0.05) -> None:
         super().__init__()
         self.alpha = check_float("alpha", alpha, nonnegative=True)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.helu(x, self.alpha)
-
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha}"

@@ -6,11 +6,9 @@ the second is the value. GLU follows ``torch.nn.GLU`` and Dauphin et al. (2016):
 
 from __future__ import annotations
 
-from torch import Tensor, nn
-
 from normact import functional as NF
-from normact._checks import check_int
 from normact.layers import papers
+from normact.layers.act._base import SplitActivation
 from normact.registry import Paper, register
 
 __all__ = ["GLU", "BilinearGLU", "GeGLU", "ReGLU", "SwiGLU"]
@@ -18,17 +16,6 @@ __all__ = ["GLU", "BilinearGLU", "GeGLU", "ReGLU", "SwiGLU"]
 GLU_PAPER = Paper(
     "Language Modeling with Gated Convolutional Networks", 2016, "1612.08083", "Dauphin, Fan, Auli, Grangier"
 )
-
-
-class _GLU(nn.Module):
-    __constants__ = ["dim"]
-
-    def __init__(self, dim: int = -1) -> None:
-        super().__init__()
-        self.dim = check_int("dim", dim, minimum=-(2**31))
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}"
 
 
 @register(
@@ -39,7 +26,7 @@ class _GLU(nn.Module):
     functional=NF.swiglu,
     gated=True,
 )
-class SwiGLU(_GLU):
+class SwiGLU(SplitActivation):
     r"""SwiGLU activation (Shazeer, "GLU Variants Improve Transformer", 2020, arXiv:2002.05202).
 
     .. math::
@@ -55,8 +42,7 @@ class SwiGLU(_GLU):
         Input ``(*, 2h, *)``; output ``(*, h, *)``.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.swiglu(x, self.dim)
+    _functional = staticmethod(NF.swiglu)
 
 
 @register(
@@ -67,7 +53,7 @@ class SwiGLU(_GLU):
     functional=NF.geglu,
     gated=True,
 )
-class GeGLU(_GLU):
+class GeGLU(SplitActivation):
     r"""GeGLU activation (Shazeer, "GLU Variants Improve Transformer", 2020, arXiv:2002.05202).
 
     .. math::
@@ -82,8 +68,7 @@ class GeGLU(_GLU):
         Input ``(*, 2h, *)``; output ``(*, h, *)``.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.geglu(x, self.dim)
+    _functional = staticmethod(NF.geglu)
 
 
 @register(
@@ -95,7 +80,7 @@ class GeGLU(_GLU):
     gated=True,
     verified_against=("torch.nn.GLU",),
 )
-class GLU(_GLU):
+class GLU(SplitActivation):
     r"""Gated linear unit, GLU (Dauphin, Fan, Auli & Grangier, 2016, arXiv:1612.08083), as ``torch.nn.GLU``.
 
     From "Language Modeling with Gated Convolutional Networks".
@@ -115,8 +100,7 @@ class GLU(_GLU):
         Input ``(*, 2h, *)``; output ``(*, h, *)``.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.glu(x, self.dim)
+    _functional = staticmethod(NF.glu)
 
 
 @register(
@@ -128,7 +112,7 @@ class GLU(_GLU):
     smooth=False,
     gated=True,
 )
-class ReGLU(_GLU):
+class ReGLU(SplitActivation):
     r"""ReGLU activation (Shazeer, "GLU Variants Improve Transformer", 2020, arXiv:2002.05202).
 
     .. math::
@@ -146,8 +130,7 @@ class ReGLU(_GLU):
         Input ``(*, 2h, *)``; output ``(*, h, *)``.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.reglu(x, self.dim)
+    _functional = staticmethod(NF.reglu)
 
 
 @register(
@@ -158,7 +141,7 @@ class ReGLU(_GLU):
     functional=NF.bilinear,
     gated=True,
 )
-class BilinearGLU(_GLU):
+class BilinearGLU(SplitActivation):
     r"""Bilinear unit (Shazeer, "GLU Variants Improve Transformer", 2020, arXiv:2002.05202): a GLU without activation.
 
     The bilinear layer goes back to Mnih & Hinton (2007).
@@ -176,5 +159,4 @@ class BilinearGLU(_GLU):
         Input ``(*, 2h, *)``; output ``(*, h, *)``.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.bilinear(x, self.dim)
+    _functional = staticmethod(NF.bilinear)

@@ -10,6 +10,8 @@ from torch import Tensor, nn
 
 from normact import functional as NF
 from normact._checks import check_float, check_int, check_tensor, shape_str
+from normact.layers.act._base import Activation
+from normact.layers.act._params import fill_tensors
 from normact.registry import Paper, Param, register
 
 __all__ = ["FourierActivation", "HermiteActivation", "PolyNorm", "PolyReLU", "SL2AChebyshev", "TropicalActivation"]
@@ -45,14 +47,27 @@ _SQRT6_PI = math.sqrt(6.0) / math.pi
 FOURIER_SCALE = 0.66232645879
 
 
-def _check_version(version: object) -> str:
-    if version not in TORCHORTHO_VERSIONS:
-        raise ValueError(f"version must be one of {TORCHORTHO_VERSIONS}, got {version!r}")
-    return str(version)
-
-
 # --------------------------------------------------------------------------------------------------
 # PolyCom
+
+
+class _PolyComposition(Activation):
+    """The coefficients of PolyReLU and PolyNorm: ``weight`` of shape (order,), init 1/order, and ``bias`` of
+    shape (1,), init 0."""
+
+    __constants__ = ["order"]
+    _hyperparameters = ("order",)
+
+    def __init__(self, order: int, device: torch.device | str | None, dtype: torch.dtype | None) -> None:
+        super().__init__()
+        self.order = check_int("order", order)
+        self.weight = nn.Parameter(torch.empty(self.order, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(1, device=device, dtype=dtype))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """weight = 1/order, bias = 0."""
+        fill_tensors(self, weight=1.0 / self.order, bias=0.0)
 
 
 @register(
@@ -73,7 +88,7 @@ def _check_version(version: object) -> str:
     monotonic=True,
     bounded_below=True,
 )
-class PolyReLU(nn.Module):
+class PolyReLU(_PolyComposition):
     r"""PolyReLU, polynomial composition with ReLU (Zhuo, Wang, Zeng, Li, Zhou & Ma, 2024, arXiv:2411.03884).
 
     .. math::
@@ -100,28 +115,13 @@ class PolyReLU(nn.Module):
         any shape; the output has the input's shape.
     """
 
-    __constants__ = ["order"]
-
     def __init__(
         self, order: int = 3, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> None:
-        super().__init__()
-        self.order = check_int("order", order)
-        self.weight = nn.Parameter(torch.empty(self.order, device=device, dtype=dtype))
-        self.bias = nn.Parameter(torch.empty(1, device=device, dtype=dtype))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """weight = 1/order, bias = 0."""
-        with torch.no_grad():
-            self.weight.fill_(1.0 / self.order)
-            self.bias.zero_()
+        super().__init__(order, device, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         return NF.polyrelu(x, self.weight, self.bias)
-
-    def extra_repr(self) -> str:
-        return f"order={self.order}"
 
 
 @register(
@@ -143,7 +143,7 @@ class PolyReLU(nn.Module):
     bounded_below=False,
     elementwise=False,
 )
-class PolyNorm(nn.Module):
+class PolyNorm(_PolyComposition):
     r"""PolyNorm, polynomial composition with normalized powers (Zhuo, Wang, Zeng, Li, Zhou & Ma, 2024,
     arXiv:2411.03884).
 
@@ -175,6 +175,7 @@ class PolyNorm(nn.Module):
     """
 
     __constants__ = ["order", "eps"]
+    _hyperparameters = ("order", "eps")
 
     def __init__(
         self,
@@ -183,28 +184,29 @@ class PolyNorm(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        self.order = check_int("order", order)
+        super().__init__(order, device, dtype)
         self.eps = check_float("eps", eps, positive=True)
-        self.weight = nn.Parameter(torch.empty(self.order, device=device, dtype=dtype))
-        self.bias = nn.Parameter(torch.empty(1, device=device, dtype=dtype))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """weight = 1/order, bias = 0."""
-        with torch.no_grad():
-            self.weight.fill_(1.0 / self.order)
-            self.bias.zero_()
 
     def forward(self, x: Tensor) -> Tensor:
         return NF.polynorm(x, self.weight, self.bias, self.eps)
 
-    def extra_repr(self) -> str:
-        return f"order={self.order}, eps={self.eps}"
-
 
 # --------------------------------------------------------------------------------------------------
 # torchortho: Hermite, Fourier, tropical
+
+
+class _Torchortho(Activation):
+    """The torchortho activations' ``degree`` (>= 1) and ``version``, the torchortho parameterization."""
+
+    __constants__ = ["degree", "version"]
+    _hyperparameters = ("degree", "version")
+
+    def __init__(self, degree: int, version: str) -> None:
+        super().__init__()
+        self.degree = check_int("degree", degree)
+        if version not in TORCHORTHO_VERSIONS:
+            raise ValueError(f"version must be one of {TORCHORTHO_VERSIONS}, got {version!r}")
+        self.version = str(version)
 
 
 def hermite_init(degree: int, version: str = "0.1.2") -> list[float]:
@@ -233,7 +235,7 @@ def hermite_init(degree: int, version: str = "0.1.2") -> list[float]:
     monotonic=True,
     bounded_below=False,
 )
-class HermiteActivation(nn.Module):
+class HermiteActivation(_Torchortho):
     r"""Learnable Hermite activation (Khalfaoui-Hassani & Kesselheim, 2025, arXiv:2502.01247).
 
     .. math::
@@ -269,8 +271,6 @@ class HermiteActivation(nn.Module):
         any shape; the output has the input's shape.
     """
 
-    __constants__ = ["degree", "version"]
-
     def __init__(
         self,
         degree: int = 3,
@@ -278,23 +278,17 @@ class HermiteActivation(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        self.degree = check_int("degree", degree)
-        self.version = _check_version(version)
+        super().__init__(degree, version)
         self.normalization = "factorial" if self.version == "0.1.2" else "sqrt_factorial"
         self.coefficients = nn.Parameter(torch.empty(self.degree + 1, device=device, dtype=dtype))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """coefficients = hermite_init(degree, version)."""
-        with torch.no_grad():
-            self.coefficients.copy_(torch.tensor(hermite_init(self.degree, self.version), dtype=torch.float64))
+        fill_tensors(self, coefficients=hermite_init(self.degree, self.version))
 
     def forward(self, x: Tensor) -> Tensor:
         return NF.hermite_act(x, self.coefficients, self.normalization)
-
-    def extra_repr(self) -> str:
-        return f"degree={self.degree}, version={self.version!r}"
 
 
 @register(
@@ -318,7 +312,7 @@ class HermiteActivation(nn.Module):
     monotonic=False,
     bounded_below=True,
 )
-class FourierActivation(nn.Module):
+class FourierActivation(_Torchortho):
     r"""Learnable Fourier activation (Khalfaoui-Hassani & Kesselheim, 2025, arXiv:2502.01247).
 
     .. math::
@@ -349,8 +343,6 @@ class FourierActivation(nn.Module):
         any shape; the output has the input's shape.
     """
 
-    __constants__ = ["degree", "version"]
-
     def __init__(
         self,
         degree: int = 5,
@@ -358,9 +350,7 @@ class FourierActivation(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        self.degree = check_int("degree", degree)
-        self.version = _check_version(version)
+        super().__init__(degree, version)
         self.normalization = "factorial" if self.version == "0.1.2" else "none"
         factory = {"device": device, "dtype": dtype}
         self.fundamental = nn.Parameter(torch.empty(1, **factory))
@@ -381,17 +371,10 @@ class FourierActivation(nn.Module):
             a0 = _A0_ZETA * _SQRT6_PI
             a = k**-1.5 * _SQRT6_PI
             w = k * math.pi / math.sqrt(3.0)
-        with torch.no_grad():
-            self.fundamental.fill_(a0)
-            self.coefficients.copy_(a)
-            self.frequencies.copy_(w)
-            self.phases.fill_(math.pi / 4)
+        fill_tensors(self, fundamental=a0, coefficients=a, frequencies=w, phases=math.pi / 4)
 
     def forward(self, x: Tensor) -> Tensor:
         return NF.fourier_act(x, self.fundamental, self.coefficients, self.frequencies, self.phases, self.normalization)
-
-    def extra_repr(self) -> str:
-        return f"degree={self.degree}, version={self.version!r}"
 
 
 @register(
@@ -409,7 +392,7 @@ class FourierActivation(nn.Module):
     monotonic=True,
     bounded_below=True,
 )
-class TropicalActivation(nn.Module):
+class TropicalActivation(_Torchortho):
     r"""Tropical polynomial activation (Khalfaoui-Hassani & Kesselheim, 2025, arXiv:2502.01247).
 
     .. math::
@@ -448,23 +431,17 @@ class TropicalActivation(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        self.degree = check_int("degree", degree)
-        self.version = _check_version(version)
+        super().__init__(degree, version)
         self.gain = math.sqrt(2.0) / self.degree if self.version == "0.1.2" else 1.0
         self.coefficients = nn.Parameter(torch.empty(self.degree + 1, device=device, dtype=dtype))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """coefficients = 1."""
-        with torch.no_grad():
-            self.coefficients.fill_(1.0)
+        fill_tensors(self, coefficients=1.0)
 
     def forward(self, x: Tensor) -> Tensor:
         return NF.tropical_act(x, self.coefficients, self.gain)
-
-    def extra_repr(self) -> str:
-        return f"degree={self.degree}, version={self.version!r}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -490,7 +467,7 @@ SL2A_INITS = ("xavier_uniform", "kaiming_uniform", "kaiming_normal", "orthogonal
     bounded_below=True,
     elementwise=False,
 )
-class SL2AChebyshev(nn.Module):
+class SL2AChebyshev(Activation):
     r"""The Chebyshev learnable-activation layer of SL²A-INR (Heidari, Rezaeian, Azad, Merhof,
     Soltanian-Zadeh & Hacihaliloglu, 2024, arXiv:2409.10836).
 

@@ -8,7 +8,9 @@ import torch
 from torch import Tensor, nn
 
 from normact import functional as NF
-from normact._checks import check_float, check_int
+from normact._checks import check_float
+from normact.layers.act._base import Activation
+from normact.layers.act._params import add_scalar_or_channel, check_axis, check_dim, fill_tensors
 from normact.registry import Paper, Param, register
 
 __all__ = ["PAU", "PAU_INITS", "SAU"]
@@ -64,7 +66,7 @@ PAU_INITS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     monotonic=False,
     bounded_below=False,
 )
-class PAU(nn.Module):
+class PAU(Activation):
     r"""Padé Activation Unit, safe form (Molina, Schramowski & Kersting, 2020, arXiv:1907.06732).
 
     .. math::
@@ -106,6 +108,7 @@ class PAU(nn.Module):
     """
 
     __constants__ = ["init", "version"]
+    _hyperparameters = ("init", "version")
 
     def __init__(
         self,
@@ -128,15 +131,10 @@ class PAU(nn.Module):
     def reset_parameters(self) -> None:
         """numerator, denominator = PAU_INITS[init]."""
         num, den = PAU_INITS[self.init]
-        with torch.no_grad():
-            self.numerator.copy_(torch.tensor(num, dtype=torch.float64))
-            self.denominator.copy_(torch.tensor(den, dtype=torch.float64))
+        fill_tensors(self, numerator=num, denominator=den)
 
     def forward(self, x: Tensor) -> Tensor:
         return NF.pau(x, self.numerator, self.denominator, self.version)
-
-    def extra_repr(self) -> str:
-        return f"init={self.init!r}, version={self.version!r}"
 
 
 @register(
@@ -153,7 +151,7 @@ class PAU(nn.Module):
     monotonic=True,
     bounded_below=False,
 )
-class SAU(nn.Module):
+class SAU(Activation):
     r"""Smooth Activation Unit (Biswas, Kumar, Banerjee & Pandey, 2021, arXiv:2109.13210).
 
     .. math::
@@ -190,6 +188,7 @@ class SAU(nn.Module):
     """
 
     __constants__ = ["dim", "n", "channel_axis"]
+    _hyperparameters = ("dim", "alpha_init", "n", "channel_axis")
 
     def __init__(
         self,
@@ -201,21 +200,16 @@ class SAU(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.dim = None if dim is None else check_int("dim", dim)
+        self.dim = check_dim(dim)
         self.alpha_init = check_float("alpha_init", alpha_init)
         self.n = check_float("n", n, positive=True)
-        self.channel_axis = check_int("channel_axis", channel_axis, minimum=-(2**31))
-        shape = () if self.dim is None else (self.dim,)
-        self.alpha = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
+        self.channel_axis = check_axis("channel_axis", channel_axis)
+        add_scalar_or_channel(self, "alpha", self.dim, device=device, dtype=dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """alpha = alpha_init."""
-        with torch.no_grad():
-            self.alpha.fill_(self.alpha_init)
+        fill_tensors(self, alpha=self.alpha_init)
 
     def forward(self, x: Tensor) -> Tensor:
         return NF.sau(x, self.alpha, self.n, self.channel_axis)
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}, alpha_init={self.alpha_init}, n={self.n}, channel_axis={self.channel_axis}"

@@ -8,8 +8,10 @@ from torch import Tensor, nn
 
 from normact import functional as NF
 from normact._checks import check_float, check_int
+from normact.functional._act_common import check_hardtanh_bounds, check_rrelu_bounds
 from normact.layers import papers
-from normact.layers.act._base import InplaceActivation
+from normact.layers.act._base import Activation, FunctionalActivation, InplaceActivation
+from normact.layers.act._params import fill_tensors
 from normact.registry import Paper, Param, register
 
 __all__ = [
@@ -50,8 +52,7 @@ class ReLU(InplaceActivation):
         inplace: overwrite the input. Default: False.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.relu(x, self.inplace)
+    _functional = staticmethod(NF.relu)
 
 
 @register(
@@ -65,7 +66,7 @@ class ReLU(InplaceActivation):
     monotonic=True,
     aliases=("squared_relu", "relu_squared"),
 )
-class ReLU2(nn.Module):
+class ReLU2(FunctionalActivation):
     r"""Squared ReLU (Zhang et al., "ReLU² Wins", 2024, arXiv:2402.03804; introduced in Primer, arXiv:2109.08668).
 
     .. math::
@@ -74,11 +75,7 @@ class ReLU2(nn.Module):
     Continuously differentiable; its second derivative jumps at 0.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.relu2(x)
-
-    def extra_repr(self) -> str:
-        return ""
+    _functional = staticmethod(NF.relu2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -154,16 +151,12 @@ class LeakyReLU(InplaceActivation):
     """
 
     __constants__ = ["negative_slope", "inplace"]
+    _hyperparameters = ("negative_slope",)
+    _functional = staticmethod(NF.leaky_relu)
 
     def __init__(self, negative_slope: float = 0.01, inplace: bool = False) -> None:
         super().__init__(inplace)
         self.negative_slope = check_float("negative_slope", negative_slope)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.leaky_relu(x, self.negative_slope, self.inplace)
-
-    def extra_repr(self) -> str:
-        return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace else "")
 
 
 @register(
@@ -178,7 +171,7 @@ class LeakyReLU(InplaceActivation):
     bounded_below=False,
     verified_against=("torch.nn.PReLU",),
 )
-class PReLU(nn.Module):
+class PReLU(Activation):
     r"""Parametric ReLU (He, Zhang, Ren & Sun, 2015, arXiv:1502.01852).
 
     .. math::
@@ -201,6 +194,7 @@ class PReLU(nn.Module):
     """
 
     __constants__ = ["num_parameters"]
+    _hyperparameters = ("num_parameters", "init")
 
     def __init__(
         self,
@@ -217,14 +211,10 @@ class PReLU(nn.Module):
 
     def reset_parameters(self) -> None:
         """weight = init."""
-        with torch.no_grad():
-            self.weight.fill_(self.init)
+        fill_tensors(self, weight=self.init)
 
     def forward(self, x: Tensor) -> Tensor:
         return NF.prelu(x, self.weight)
-
-    def extra_repr(self) -> str:
-        return f"num_parameters={self.num_parameters}, init={self.init}"
 
 
 @register(
@@ -265,18 +255,14 @@ class RReLU(InplaceActivation):
     """
 
     __constants__ = ["lower", "upper", "inplace"]
+    _hyperparameters = ("lower", "upper")
 
     def __init__(self, lower: float = 1.0 / 8, upper: float = 1.0 / 3, inplace: bool = False) -> None:
         super().__init__(inplace)
-        self.lower, self.upper = check_float("lower", lower), check_float("upper", upper)
-        if self.lower > self.upper:
-            raise ValueError(f"lower must be <= upper, got lower={self.lower}, upper={self.upper}")
+        self.lower, self.upper = check_rrelu_bounds(lower, upper)
 
     def forward(self, x: Tensor) -> Tensor:
         return NF.rrelu(x, self.lower, self.upper, self.training, self.inplace)
-
-    def extra_repr(self) -> str:
-        return f"lower={self.lower}, upper={self.upper}" + (", inplace=True" if self.inplace else "")
 
 
 @register(
@@ -309,16 +295,12 @@ class ELU(InplaceActivation):
     """
 
     __constants__ = ["alpha", "inplace"]
+    _hyperparameters = ("alpha",)
+    _functional = staticmethod(NF.elu)
 
     def __init__(self, alpha: float = 1.0, inplace: bool = False) -> None:
         super().__init__(inplace)
         self.alpha = check_float("alpha", alpha, nonnegative=True)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.elu(x, self.alpha, self.inplace)
-
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha}" + (", inplace=True" if self.inplace else "")
 
 
 @register(
@@ -352,8 +334,7 @@ class SELU(InplaceActivation):
         any shape; the output has the input's shape.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.selu(x, self.inplace)
+    _functional = staticmethod(NF.selu)
 
 
 @register(
@@ -385,16 +366,12 @@ class CELU(InplaceActivation):
     """
 
     __constants__ = ["alpha", "inplace"]
+    _hyperparameters = ("alpha",)
+    _functional = staticmethod(NF.celu)
 
     def __init__(self, alpha: float = 1.0, inplace: bool = False) -> None:
         super().__init__(inplace)
         self.alpha = check_float("alpha", alpha, positive=True)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.celu(x, self.alpha, self.inplace)
-
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha}" + (", inplace=True" if self.inplace else "")
 
 
 @register(
@@ -421,8 +398,7 @@ class ReLU6(InplaceActivation):
         any shape; the output has the input's shape.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.relu6(x, self.inplace)
+    _functional = staticmethod(NF.relu6)
 
 
 @register(
@@ -455,19 +431,12 @@ class Hardtanh(InplaceActivation):
     """
 
     __constants__ = ["min_val", "max_val", "inplace"]
+    _hyperparameters = ("min_val", "max_val")
+    _functional = staticmethod(NF.hardtanh)
 
     def __init__(self, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> None:
         super().__init__(inplace)
-        self.min_val = check_float("min_val", min_val)
-        self.max_val = check_float("max_val", max_val)
-        if not self.min_val < self.max_val:
-            raise ValueError(f"max_val must be > min_val, got min_val={self.min_val}, max_val={self.max_val}")
-
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.hardtanh(x, self.min_val, self.max_val, self.inplace)
-
-    def extra_repr(self) -> str:
-        return f"min_val={self.min_val}, max_val={self.max_val}" + (", inplace=True" if self.inplace else "")
+        self.min_val, self.max_val = check_hardtanh_bounds(min_val, max_val)
 
 
 @register(
@@ -503,28 +472,24 @@ class Threshold(InplaceActivation):
     """
 
     __constants__ = ["threshold", "value", "inplace"]
+    _hyperparameters = ("threshold", "value")
+    _functional = staticmethod(NF.threshold)
 
     def __init__(self, threshold: float, value: float, inplace: bool = False) -> None:
         super().__init__(inplace)
         self.threshold = check_float("threshold", threshold)
         self.value = check_float("value", value)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.threshold(x, self.threshold, self.value, self.inplace)
 
-    def extra_repr(self) -> str:
-        return f"threshold={self.threshold}, value={self.value}" + (", inplace=True" if self.inplace else "")
+class _Shrink(FunctionalActivation):
+    """Hard and soft shrinkage: the threshold ``lambd`` (>= 0)."""
 
-
-class _Shrink(nn.Module):
     __constants__ = ["lambd"]
+    _hyperparameters = ("lambd",)
 
     def __init__(self, lambd: float = 0.5) -> None:
         super().__init__()
         self.lambd = check_float("lambd", lambd, nonnegative=True)
-
-    def extra_repr(self) -> str:
-        return f"lambd={self.lambd}"
 
 
 @register(
@@ -555,8 +520,7 @@ class Hardshrink(_Shrink):
         any shape; the output has the input's shape.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.hardshrink(x, self.lambd)
+    _functional = staticmethod(NF.hardshrink)
 
 
 @register(
@@ -587,8 +551,7 @@ class Softshrink(_Shrink):
         any shape; the output has the input's shape.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.softshrink(x, self.lambd)
+    _functional = staticmethod(NF.softshrink)
 
 
 @register(
@@ -602,7 +565,7 @@ class Softshrink(_Shrink):
     bounded_below=False,
     verified_against=("torch.nn.Tanhshrink",),
 )
-class Tanhshrink(nn.Module):
+class Tanhshrink(FunctionalActivation):
     r"""Tanh shrinkage (the Torch7 ``nn.TanhShrink`` module, Collobert, Kavukcuoglu & Farabet, 2011; no arXiv id).
 
     .. math::
@@ -617,8 +580,4 @@ class Tanhshrink(nn.Module):
         any shape; the output has the input's shape.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.tanhshrink(x)
-
-    def extra_repr(self) -> str:
-        return ""
+    _functional = staticmethod(NF.tanhshrink)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from normact import functional as NF
-from normact._checks import check_float, check_int
+from normact._checks import check_float
+from normact.functional._act_common import check_gelu_approximate
 from normact.layers import papers
-from normact.layers.act._base import InplaceActivation
+from normact.layers.act._base import Activation, FunctionalActivation, InplaceActivation
+from normact.layers.act._params import add_scalar_or_channel, check_axis, check_dim, fill_tensors
 from normact.registry import Param, register
 
 __all__ = ["GELU", "GoLU", "Mish", "SiLU", "Swish"]
@@ -33,7 +35,7 @@ __all__ = ["GELU", "GoLU", "Mish", "SiLU", "Swish"]
     functional=NF.gelu,
     defaults={"approximate": "tanh"},
 )
-class GELU(nn.Module):
+class GELU(FunctionalActivation):
     r"""Gaussian error linear unit (Hendrycks & Gimpel, 2016, arXiv:1606.08415).
 
     .. math::
@@ -47,18 +49,12 @@ class GELU(nn.Module):
     """
 
     __constants__ = ["approximate"]
+    _hyperparameters = ("approximate",)
+    _functional = staticmethod(NF.gelu)
 
     def __init__(self, approximate: str = "none") -> None:
         super().__init__()
-        if approximate not in ("none", "tanh"):
-            raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
-        self.approximate = approximate
-
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.gelu(x, self.approximate)
-
-    def extra_repr(self) -> str:
-        return f"approximate={self.approximate!r}"
+        self.approximate = check_gelu_approximate(approximate)
 
 
 @register(
@@ -81,8 +77,7 @@ class SiLU(InplaceActivation):
         inplace: overwrite the input. Default: False.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.silu(x, self.inplace)
+    _functional = staticmethod(NF.silu)
 
 
 @register(
@@ -95,7 +90,7 @@ class SiLU(InplaceActivation):
     functional=NF.swish,
     params=(Param("beta", "() or (dim,)", "beta_init = 1"),),
 )
-class Swish(nn.Module):
+class Swish(Activation):
     r"""Swish with a learnable :math:`\beta` (Ramachandran, Zoph & Le, 2017, arXiv:1710.05941).
 
     .. math::
@@ -113,6 +108,7 @@ class Swish(nn.Module):
     """
 
     __constants__ = ["dim", "learnable", "channel_axis"]
+    _hyperparameters = ("dim", "beta_init", "learnable", "channel_axis")
 
     def __init__(
         self,
@@ -124,30 +120,19 @@ class Swish(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.dim = None if dim is None else check_int("dim", dim)
+        self.dim = check_dim(dim)
         self.beta_init = check_float("beta_init", beta_init)
         self.learnable = bool(learnable)
-        self.channel_axis = check_int("channel_axis", channel_axis, minimum=-(2**31))
-        shape = () if self.dim is None else (self.dim,)
-        beta = torch.empty(shape, device=device, dtype=dtype)
-        if self.learnable:
-            self.beta = nn.Parameter(beta)
-        else:
-            self.register_buffer("beta", beta)
+        self.channel_axis = check_axis("channel_axis", channel_axis)
+        add_scalar_or_channel(self, "beta", self.dim, self.learnable, device, dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """beta = beta_init."""
-        with torch.no_grad():
-            self.beta.fill_(self.beta_init)
+        fill_tensors(self, beta=self.beta_init)
 
     def forward(self, x: Tensor) -> Tensor:
         return NF.swish(x, self.beta, self.channel_axis)
-
-    def extra_repr(self) -> str:
-        return (
-            f"dim={self.dim}, beta_init={self.beta_init}, learnable={self.learnable}, channel_axis={self.channel_axis}"
-        )
 
 
 @register(
@@ -169,8 +154,7 @@ class Mish(InplaceActivation):
         inplace: overwrite the input. Default: False.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.mish(x, self.inplace)
+    _functional = staticmethod(NF.mish)
 
 
 @register(
@@ -182,7 +166,7 @@ class Mish(InplaceActivation):
     formula="f(x) = x * alpha * exp(-beta * exp(-gamma * x)); alpha = beta = gamma = 1: x * GumbelCDF(x)",
     functional=NF.golu,
 )
-class GoLU(nn.Module):
+class GoLU(FunctionalActivation):
     r"""Gompertz linear unit (Das, Safari, Adriaensen & Hutter, 2025, arXiv:2502.03654).
 
     .. math::
@@ -198,15 +182,11 @@ class GoLU(nn.Module):
     """
 
     __constants__ = ["alpha", "beta", "gamma"]
+    _hyperparameters = ("alpha", "beta", "gamma")
+    _functional = staticmethod(NF.golu)
 
     def __init__(self, alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0) -> None:
         super().__init__()
         self.alpha = check_float("alpha", alpha, positive=True)
         self.beta = check_float("beta", beta, positive=True)
         self.gamma = check_float("gamma", gamma, positive=True)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.golu(x, self.alpha, self.beta, self.gamma)
-
-    def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, beta={self.beta}, gamma={self.gamma}"

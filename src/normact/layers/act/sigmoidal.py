@@ -3,11 +3,10 @@ Softplus, Softsign, Hardsigmoid, Hardswish), and the sigmoid approximation of GE
 
 from __future__ import annotations
 
-from torch import Tensor, nn
-
 from normact import functional as NF
 from normact._checks import check_float
-from normact.layers.act._base import InplaceActivation
+from normact.layers import papers
+from normact.layers.act._base import FunctionalActivation, InplaceActivation
 from normact.registry import Paper, register
 
 __all__ = [
@@ -45,14 +44,6 @@ MOBILENET_V3 = Paper(
     "1905.02244",
     "Howard, Sandler, Chu, Chen, Chen, Tan, Wang, Zhu, Pang, Vasudevan, Le, Adam",
 )
-GELU_PAPER = Paper("Gaussian Error Linear Units (GELUs)", 2016, "1606.08415", "Hendrycks, Gimpel")
-
-
-class _Parameterless(nn.Module):
-    """A parameter-free activation without torch's ``inplace`` switch (torch.nn.Sigmoid, Tanh, ...)."""
-
-    def extra_repr(self) -> str:
-        return ""
 
 
 @register(
@@ -65,7 +56,7 @@ class _Parameterless(nn.Module):
     bounded_below=True,
     verified_against=("torch.nn.Sigmoid",),
 )
-class Sigmoid(_Parameterless):
+class Sigmoid(FunctionalActivation):
     r"""Logistic sigmoid (classic; see LeCun, Bottou, Orr & Müller, "Efficient BackProp", 1998; no arXiv id).
 
     .. math::
@@ -78,8 +69,7 @@ class Sigmoid(_Parameterless):
         any shape; the output has the input's shape.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.sigmoid(x)
+    _functional = staticmethod(NF.sigmoid)
 
 
 @register(
@@ -92,7 +82,7 @@ class Sigmoid(_Parameterless):
     bounded_below=True,
     verified_against=("torch.nn.Tanh",),
 )
-class Tanh(_Parameterless):
+class Tanh(FunctionalActivation):
     r"""Hyperbolic tangent (classic; see LeCun, Bottou, Orr & Müller, "Efficient BackProp", 1998; no arXiv id).
 
     .. math::
@@ -105,8 +95,7 @@ class Tanh(_Parameterless):
         any shape; the output has the input's shape.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.tanh(x)
+    _functional = staticmethod(NF.tanh)
 
 
 @register(
@@ -119,7 +108,7 @@ class Tanh(_Parameterless):
     bounded_below=False,
     verified_against=("torch.nn.LogSigmoid",),
 )
-class LogSigmoid(_Parameterless):
+class LogSigmoid(FunctionalActivation):
     r"""Log-sigmoid, the logarithm of the logistic sigmoid (classic; the sigmoid as in LeCun, Bottou, Orr &
     Müller, "Efficient BackProp", 1998; no arXiv id).
 
@@ -133,8 +122,7 @@ class LogSigmoid(_Parameterless):
         any shape; the output has the input's shape.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.logsigmoid(x)
+    _functional = staticmethod(NF.logsigmoid)
 
 
 @register(
@@ -147,7 +135,7 @@ class LogSigmoid(_Parameterless):
     bounded_below=True,
     verified_against=("torch.nn.Softplus",),
 )
-class Softplus(nn.Module):
+class Softplus(FunctionalActivation):
     r"""Softplus (Dugas, Bengio, Bélisle, Nadeau & Garcia, 2001; no arXiv id).
 
     .. math::
@@ -171,17 +159,13 @@ class Softplus(nn.Module):
     """
 
     __constants__ = ["beta", "threshold"]
+    _hyperparameters = ("beta", "threshold")
+    _functional = staticmethod(NF.softplus)
 
     def __init__(self, beta: float = 1.0, threshold: float = 20.0) -> None:
         super().__init__()
         self.beta = check_float("beta", beta, positive=True)
         self.threshold = check_float("threshold", threshold, positive=True)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.softplus(x, self.beta, self.threshold)
-
-    def extra_repr(self) -> str:
-        return f"beta={self.beta}, threshold={self.threshold}"
 
 
 @register(
@@ -195,7 +179,7 @@ class Softplus(nn.Module):
     bounded_below=True,
     verified_against=("torch.nn.Softsign",),
 )
-class Softsign(_Parameterless):
+class Softsign(FunctionalActivation):
     r"""Softsign (Glorot & Bengio, 2010, AISTATS; no arXiv id; introduced by Bergstra, Desjardins, Lamblin &
     Bengio, 2009).
 
@@ -210,8 +194,7 @@ class Softsign(_Parameterless):
         any shape; the output has the input's shape.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.softsign(x)
+    _functional = staticmethod(NF.softsign)
 
 
 @register(
@@ -244,8 +227,7 @@ class Hardsigmoid(InplaceActivation):
         any shape; the output has the input's shape.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.hardsigmoid(x, self.inplace)
+    _functional = staticmethod(NF.hardsigmoid)
 
 
 @register(
@@ -278,14 +260,13 @@ class Hardswish(InplaceActivation):
         any shape; the output has the input's shape.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.hardswish(x, self.inplace)
+    _functional = staticmethod(NF.hardswish)
 
 
 @register(
     "gelu_sigmoid",
     kind="act",
-    paper=GELU_PAPER,
+    paper=papers.GELU,
     formula="f(x) = x * sigmoid(1.702 x), the sigmoid approximation of GELU x * Phi(x)",
     functional=NF.gelu_sigmoid,
     bounded_below=True,
@@ -293,7 +274,7 @@ class Hardswish(InplaceActivation):
     aliases=("quick_gelu",),
     verified_against=("timm.layers.activations.QuickGELU",),
 )
-class GELUSigmoid(_Parameterless):
+class GELUSigmoid(FunctionalActivation):
     r"""The sigmoid approximation of GELU, "QuickGELU" (Hendrycks & Gimpel, 2016, arXiv:1606.08415).
 
     .. math::
@@ -309,5 +290,4 @@ class GELUSigmoid(_Parameterless):
         any shape; the output has the input's shape.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.gelu_sigmoid(x)
+    _functional = staticmethod(NF.gelu_sigmoid)

@@ -4,10 +4,12 @@ learnable Gaussian-damped correction) and VeLU (a variance-adaptive ArcTan-ArcSi
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from normact import functional as NF
-from normact._checks import check_eps, check_float, check_int
+from normact._checks import check_eps, check_float
+from normact.layers.act._base import Activation, FunctionalActivation
+from normact.layers.act._params import add_scalar_or_channel, check_axis, check_dim, fill_tensors
 from normact.registry import Paper, Param, register
 
 __all__ = ["CRReLU", "SmeLU", "VeLU"]
@@ -42,7 +44,7 @@ VELU_PAPER = Paper(
     monotonic=True,
     bounded_below=True,
 )
-class SmeLU(nn.Module):
+class SmeLU(FunctionalActivation):
     r"""Smooth ReLU (Shamir, Lin & Coviello, 2020, arXiv:2010.09931).
 
     .. math::
@@ -64,16 +66,12 @@ class SmeLU(nn.Module):
     """
 
     __constants__ = ["beta"]
+    _hyperparameters = ("beta",)
+    _functional = staticmethod(NF.smelu)
 
     def __init__(self, beta: float = 1.0) -> None:
         super().__init__()
         self.beta = check_float("beta", beta, positive=True)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.smelu(x, self.beta)
-
-    def extra_repr(self) -> str:
-        return f"beta={self.beta}"
 
 
 @register(
@@ -87,7 +85,7 @@ class SmeLU(nn.Module):
     monotonic=False,
     bounded_below=True,
 )
-class CRReLU(nn.Module):
+class CRReLU(Activation):
     r"""Correction Regularized ReLU (Sun, Wu, Xia, Chang, Dong, Yuan, Chang & Wang, 2024, arXiv:2405.12954).
 
     .. math::
@@ -114,6 +112,7 @@ class CRReLU(nn.Module):
     """
 
     __constants__ = ["dim", "learnable", "channel_axis"]
+    _hyperparameters = ("dim", "epsilon_init", "learnable", "channel_axis")
 
     def __init__(
         self,
@@ -125,31 +124,19 @@ class CRReLU(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.dim = None if dim is None else check_int("dim", dim)
+        self.dim = check_dim(dim)
         self.epsilon_init = check_float("epsilon_init", epsilon_init)
         self.learnable = bool(learnable)
-        self.channel_axis = check_int("channel_axis", channel_axis, minimum=-(2**31))
-        shape = () if self.dim is None else (self.dim,)
-        epsilon = torch.empty(shape, device=device, dtype=dtype)
-        if self.learnable:
-            self.epsilon = nn.Parameter(epsilon)
-        else:
-            self.register_buffer("epsilon", epsilon)
+        self.channel_axis = check_axis("channel_axis", channel_axis)
+        add_scalar_or_channel(self, "epsilon", self.dim, self.learnable, device, dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """epsilon = epsilon_init."""
-        with torch.no_grad():
-            self.epsilon.fill_(self.epsilon_init)
+        fill_tensors(self, epsilon=self.epsilon_init)
 
     def forward(self, x: Tensor) -> Tensor:
         return NF.crrelu(x, self.epsilon, self.channel_axis)
-
-    def extra_repr(self) -> str:
-        return (
-            f"dim={self.dim}, epsilon_init={self.epsilon_init}, learnable={self.learnable}, "
-            f"channel_axis={self.channel_axis}"
-        )
 
 
 @register(
@@ -169,7 +156,7 @@ class CRReLU(nn.Module):
     self_gated=True,
     elementwise=False,
 )
-class VeLU(nn.Module):
+class VeLU(Activation):
     r"""Variance-enhanced Learning Unit (Shakarami, Yeganeh, Farshad, Nicolè, Ghidoni & Navab, 2025,
     arXiv:2504.15051).
 
@@ -206,6 +193,7 @@ class VeLU(nn.Module):
     """
 
     __constants__ = ["alpha", "beta1", "beta2", "gamma", "momentum", "lambda_ot", "eps", "learnable"]
+    _hyperparameters = ("alpha", "beta1", "beta2", "gamma", "momentum", "lambda_ot", "eps", "learnable")
 
     def __init__(
         self,
@@ -230,17 +218,12 @@ class VeLU(nn.Module):
         self.lambda_ot = check_float("lambda_ot", lambda_ot, nonnegative=True)
         self.eps = check_eps(eps)
         self.learnable = bool(learnable)
-        lambd = torch.empty((), device=device, dtype=dtype)
-        if self.learnable:
-            self.lambd = nn.Parameter(lambd)
-        else:
-            self.register_buffer("lambd", lambd)
+        add_scalar_or_channel(self, "lambd", dim=None, learnable=self.learnable, device=device, dtype=dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """lambd = 1."""
-        with torch.no_grad():
-            self.lambd.fill_(1.0)
+        fill_tensors(self, lambd=1.0)
 
     def forward(self, x: Tensor) -> Tensor:
         return NF.velu(x, self.lambd, self.alpha, self.beta1, self.beta2, self.gamma, self.momentum, self.eps)
@@ -251,9 +234,3 @@ class VeLU(nn.Module):
         activation: call it on the layer's input and add the result to the training loss."""
         activation = NF.velu(x, 1.0, self.alpha, self.beta1, self.beta2, self.gamma, self.momentum, self.eps)
         return self.lambda_ot * NF.velu_w2_penalty(activation)
-
-    def extra_repr(self) -> str:
-        return (
-            f"alpha={self.alpha}, beta1={self.beta1}, beta2={self.beta2}, gamma={self.gamma}, "
-            f"momentum={self.momentum}, lambda_ot={self.lambda_ot}, eps={self.eps}, learnable={self.learnable}"
-        )

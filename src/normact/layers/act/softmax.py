@@ -3,10 +3,9 @@ entries of a vector, so they are registered ``elementwise=False``."""
 
 from __future__ import annotations
 
-from torch import Tensor, nn
-
 from normact import functional as NF
 from normact._checks import check_int
+from normact.layers.act._base import FunctionalActivation
 from normact.registry import Paper, register
 
 __all__ = ["LogSoftmax", "Softmax", "Softmin"]
@@ -20,18 +19,16 @@ SOFTMAX = Paper(
 )
 
 
-class _AlongDim(nn.Module):
+class _AlongDim(FunctionalActivation):
     """An activation normalizing along one axis ``dim`` (an int, -1 by default; torch's implicit choice of
     dim for ``dim=None`` is deprecated there and not offered here)."""
 
     __constants__ = ["dim"]
+    _hyperparameters = ("dim",)
 
     def __init__(self, dim: int = -1) -> None:
         super().__init__()
         self.dim = check_int("dim", dim, minimum=-(1 << 30))
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}"
 
 
 @register(
@@ -60,8 +57,7 @@ class Softmax(_AlongDim):
         Input of any shape with at least one dim; output the same shape.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.softmax(x, self.dim)
+    _functional = staticmethod(NF.softmax)
 
 
 @register(
@@ -90,8 +86,7 @@ class LogSoftmax(_AlongDim):
         Input of any shape with at least one dim; output the same shape.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.log_softmax(x, self.dim)
+    _functional = staticmethod(NF.log_softmax)
 
 
 @register(
@@ -119,5 +114,4 @@ class Softmin(_AlongDim):
         Input of any shape with at least one dim; output the same shape.
     """
 
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.softmin(x, self.dim)
+    _functional = staticmethod(NF.softmin)

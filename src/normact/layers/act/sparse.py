@@ -3,10 +3,11 @@ Top-k Transformers (the Lazy Neuron paper). Squared ReLU ("ReLU² Wins") is ``re
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from normact import functional as NF
 from normact._checks import check_float, check_int
+from normact.layers.act._base import Activation, FunctionalActivation, SplitActivation
 from normact.registry import Paper, register
 
 __all__ = ["DReLU", "FATReLU", "TopK"]
@@ -46,7 +47,7 @@ PROSPARSE_THRESHOLD = 0.01
     bounded_below=True,
     gated=True,
 )
-class DReLU(nn.Module):
+class DReLU(SplitActivation):
     r"""dReLU (Song, Xie, Zhang, Wen, Ma, Mi & Chen, "Turbo Sparse", 2024, arXiv:2406.05955).
 
     .. math::
@@ -67,17 +68,7 @@ class DReLU(nn.Module):
         Input ``(*, 2h, *)``; output ``(*, h, *)``.
     """
 
-    __constants__ = ["dim"]
-
-    def __init__(self, dim: int = -1) -> None:
-        super().__init__()
-        self.dim = check_int("dim", dim, minimum=-(2**31))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.drelu(x, self.dim)
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}"
+    _functional = staticmethod(NF.drelu)
 
 
 @register(
@@ -90,7 +81,7 @@ class DReLU(nn.Module):
     monotonic=True,
     bounded_below=True,
 )
-class FATReLU(nn.Module):
+class FATReLU(FunctionalActivation):
     r"""FATReLU, forced activation threshold ReLU (Song et al., "ProSparse", 2024, arXiv:2402.13516).
 
     .. math::
@@ -110,16 +101,12 @@ class FATReLU(nn.Module):
     """
 
     __constants__ = ["threshold"]
+    _hyperparameters = ("threshold",)
+    _functional = staticmethod(NF.fatrelu)
 
     def __init__(self, threshold: float = PROSPARSE_THRESHOLD) -> None:
         super().__init__()
         self.threshold = check_float("threshold", threshold, nonnegative=True)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return NF.fatrelu(x, self.threshold)
-
-    def extra_repr(self) -> str:
-        return f"threshold={self.threshold}"
 
 
 @register(
@@ -134,7 +121,7 @@ class FATReLU(nn.Module):
     elementwise=False,
     aliases=("topk_relu",),
 )
-class TopK(nn.Module):
+class TopK(Activation):
     r"""Top-k activation of Top-k Transformers (Li et al., "The Lazy Neuron Phenomenon", 2022, arXiv:2210.06313).
 
     .. math::
