@@ -14,21 +14,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from normact._checks import check_channels, check_float, shape_str, upcast
-from normact.distributed import batch_moments, sync_active
+from normact._checks import check_float, shape_str, upcast
+from normact.distributed import sync_active
 from normact.functional import _batch
 
 __all__ = ["adab2n", "alpha_batch_norm"]
-
-
-def _check_common(name: str, x: Tensor, eps: float, running_mean: Tensor, tensors: dict[str, Tensor | None]) -> int:
-    _batch.check_nc_input(name, x, eps)
-    if running_mean is None or tensors.get("running_var", 0) is None:
-        raise ValueError(f"{name} needs running_mean and running_var")
-    channels = running_mean.numel()
-    check_channels(x, 1, channels, name, f"(N, {channels}, *)")
-    _batch.check_numel(name, tensors.items(), channels)
-    return channels
 
 
 def alpha_batch_norm(
@@ -53,11 +43,10 @@ def alpha_batch_norm(
     (1 - \alpha)\sigma_B^2` (biased batch variance, over the process group with ``sync``), and
     :math:`y = (x - \hat\mu)/\sqrt{\hat\sigma^2 + \epsilon}\,\gamma + \beta`; no buffer changes."""
     name = "alpha_batch_norm"
-    _check_common(name, x, eps, running_mean, {"running_var": running_var, "weight": weight, "bias": bias})
+    _batch.check_running_input(name, x, eps, running_mean, running_var, [("weight", weight), ("bias", bias)])
     _batch.check_factor(momentum)
     check_float("alpha", alpha, low=0.0, high=1.0)
     xf = upcast(x)
-    view = _batch.channel_view(xf)
     rm, rv = running_mean.to(xf.dtype), running_var.to(xf.dtype)
     if training:
         mean, var, count = _batch.batch_stats(name, xf, sync, process_group)
@@ -65,12 +54,11 @@ def alpha_batch_norm(
     elif alpha == 1.0:
         mean, var = rm, rv
     else:
-        synced = sync and sync_active(process_group)
-        bmean, bvar, _ = batch_moments(xf, _batch.reduce_dims(xf), sync=synced, process_group=process_group)
+        bmean, bvar, _ = _batch.channel_moments(xf, sync, process_group)
         mean = alpha * rm + (1.0 - alpha) * bmean
         var = alpha * rv + (1.0 - alpha) * bvar
-    y = (xf - mean.view(view)) * torch.rsqrt(var.view(view) + eps)
-    return _batch.cast_affine(y, weight, bias, view).to(x.dtype)
+    y = _batch.standardize(xf, mean, var, eps)
+    return _batch.cast_affine(y, weight, bias, _batch.channel_view(xf)).to(x.dtype)
 
 
 def _task_weighted_stats(
@@ -85,9 +73,7 @@ def _task_weighted_stats(
     onehot = (task_ids.reshape(-1, 1) == tasks.reshape(1, -1)).to(xf.dtype)  # ids outside [0, k): weight 0
     counts = onehot.sum(0)
     if synced:
-        from torch.distributed.nn.functional import all_reduce
-
-        counts = all_reduce(counts, group=process_group)
+        counts = _batch.group_sum(counts, process_group)
     included = tasks <= cur_tasks
     tw = task_weight.to(xf.dtype)
     concentration = torch.where(included, tw.exp() + counts, torch.zeros_like(tw))
@@ -97,12 +83,12 @@ def _task_weighted_stats(
     per_sample_mean = xf.mean(spatial) if spatial else xf
     mean = (sample_weight.reshape(-1, 1) * per_sample_mean).sum(0)
     if synced:
-        mean = all_reduce(mean, group=process_group)
+        mean = _batch.group_sum(mean, process_group)
     sq = (xf - mean.view(_batch.channel_view(xf))).square()
     per_sample_sq = sq.mean(spatial) if spatial else sq
     var = (sample_weight.reshape(-1, 1) * per_sample_sq).sum(0)
     if synced:
-        var = all_reduce(var, group=process_group)
+        var = _batch.group_sum(var, process_group)
     return mean, var
 
 
@@ -136,7 +122,7 @@ def adab2n(
     batch statistics over (N, *spatial). Evaluation: the running statistics (``task_ids`` ignored).
     ``return_stats=True`` also returns the statistics used (float32 for half inputs)."""
     name = "adab2n"
-    _check_common(name, x, eps, running_mean, {"running_var": running_var, "weight": weight, "bias": bias})
+    _batch.check_running_input(name, x, eps, running_mean, running_var, [("weight", weight), ("bias", bias)])
     _batch.check_factor(eta, "eta")
     xf = upcast(x)
     view = _batch.channel_view(xf)
@@ -156,10 +142,6 @@ def adab2n(
             active = cur > 0
             mean = torch.where(active, wmean, mean)
             var = torch.where(active, wvar, var)
-        with torch.no_grad():
-            factor = eta.to(xf.dtype) if isinstance(eta, Tensor) else eta
-            running_mean.copy_(torch.lerp(running_mean.to(xf.dtype), mean.detach(), factor))
-            running_var.copy_(torch.lerp(running_var.to(xf.dtype), var.detach(), factor))
-    y = (xf - mean.view(view)) * torch.rsqrt(var.view(view) + eps)
-    y = _batch.cast_affine(y, weight, bias, view).to(x.dtype)
+        _batch.lerp_running_stats(running_mean, running_var, mean, var, eta)
+    y = _batch.cast_affine(_batch.standardize(xf, mean, var, eps), weight, bias, view).to(x.dtype)
     return (y, mean, var) if return_stats else y

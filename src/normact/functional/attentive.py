@@ -15,47 +15,19 @@ import torch
 from torch import Tensor
 
 from normact._checks import check_eps, check_tensor, shape_str, upcast
-from normact.distributed import batch_moments, sync_active
-from normact.functional._batch import check_factor, update_running_stats
+from normact.functional._batch import batch_or_running_stats, check_factor
 
 __all__ = ["attentive_batch_norm", "attentive_bn_attention"]
 
 _LEVELS = ("utterance", "frame")
+_NEED = "in training needs more than 1 frame per channel (N * T > 1)"
+_FRAMES = (0, 1)  # the dims of the batch moments: N and T
 
 
 def _check(name: str, x: Tensor, channels: int) -> None:
     check_tensor(x, name)
     if x.dim() != 3 or x.shape[-1] != channels:
         raise ValueError(f"{name} expects an input of shape (N, T, {channels}), got shape {shape_str(x.shape)}")
-
-
-def _normalize(
-    name: str,
-    xf: Tensor,
-    running_mean: Tensor | None,
-    running_var: Tensor | None,
-    training: bool,
-    momentum: float | Tensor,
-    eps: float,
-    sync: bool,
-    process_group: Any,
-    update: bool,
-) -> Tensor:
-    """x_hat = (x - mean) / sqrt(var + eps) with batch moments over (N, T) in training (running statistics
-    lerped towards the batch mean and unbiased variance when ``update``) and running statistics otherwise."""
-    if training or running_mean is None or running_var is None:
-        synced = sync and sync_active(process_group)
-        if xf.shape[0] * xf.shape[1] <= 1 and not synced:
-            raise ValueError(
-                f"{name} in training needs more than 1 frame per channel (N * T > 1), got input shape "
-                f"{shape_str(xf.shape)}"
-            )
-        mean, var, count = batch_moments(xf, (0, 1), sync=synced, process_group=process_group)
-        if update and training and running_mean is not None and running_var is not None:
-            update_running_stats(running_mean, running_var, mean, var, count, momentum)
-    else:
-        mean, var = running_mean.to(xf.dtype), running_var.to(xf.dtype)
-    return (xf - mean) * torch.rsqrt(var + eps)
 
 
 def _hidden_attention(
@@ -88,7 +60,10 @@ def attentive_bn_attention(
     _check(name, x, aux_weight.shape[-1])
     check_eps(eps)
     xf = upcast(x)
-    x_hat = _normalize(name, xf, running_mean, running_var, training, 0.0, eps, sync, process_group, False)
+    # the running statistics are read, never updated: in training the batch moments alone
+    stats = (None, None) if training else (running_mean, running_var)
+    mean, var = batch_or_running_stats(name, xf, *stats, training, 0.0, sync, process_group, _NEED, _FRAMES)
+    x_hat = (xf - mean) * torch.rsqrt(var + eps)
     return _hidden_attention(x_hat, aux_weight, aux_bias, att_vector)[1].to(x.dtype)
 
 
@@ -143,7 +118,10 @@ def attentive_batch_norm(
         if t is not None and tuple(t.shape) != shape:
             raise ValueError(f"{name}: {arg} must have shape {shape_str(shape)}, got {shape_str(t.shape)}")
     xf = upcast(x)
-    x_hat = _normalize(name, xf, running_mean, running_var, training, momentum, eps, sync, process_group, True)
+    mean, var = batch_or_running_stats(
+        name, xf, running_mean, running_var, training, momentum, sync, process_group, _NEED, _FRAMES
+    )
+    x_hat = (xf - mean) * torch.rsqrt(var + eps)
     h, a = _hidden_attention(x_hat, aux_weight, aux_bias, att_vector)
     weighted = a.unsqueeze(-1) * h  # (N, T, A)
     s = weighted.sum(1, keepdim=True) if level == "utterance" else weighted * h.shape[1]

@@ -13,17 +13,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from normact._checks import check_channels, check_eps, check_float, check_tensor, shape_str, upcast
-from normact.distributed import batch_moments, sync_active
+from normact._checks import check_eps, check_float, shape_str, upcast
 from normact.functional import _batch
 from normact.functional._state import read_state
 
 __all__ = ["batch_channel_norm", "batch_renorm", "ibn"]
-
-
-def _check_common(name: str, x: Tensor, eps: float, tensors: dict[str, Tensor | None], channels: int) -> None:
-    _batch.check_nc_input(name, x, eps)
-    _batch.check_numel(name, tensors.items(), channels)
 
 
 def batch_renorm(
@@ -49,11 +43,7 @@ def batch_renorm(
     running statistics are then lerped towards the batch mean and the unbiased batch variance with
     ``momentum`` (a float or a 0-d tensor). Evaluation: BatchNorm with the running statistics."""
     name = "batch_renorm"
-    if running_mean is None or running_var is None:
-        raise ValueError(f"{name} needs running_mean and running_var")
-    channels = running_mean.numel()
-    _check_common(name, x, eps, {"running_var": running_var, "weight": weight, "bias": bias}, channels)
-    check_channels(x, 1, channels, name, f"(N, {channels}, *)")
+    _batch.check_running_input(name, x, eps, running_mean, running_var, [("weight", weight), ("bias", bias)])
     _batch.check_factor(momentum)
     check_float("r_max", r_max, low=1.0)
     check_float("d_max", d_max, nonnegative=True)
@@ -99,9 +89,7 @@ def ibn(
     with the running statistics updated in place with ``momentum`` and the unbiased variance; the running
     statistics in evaluation; affine ``bn_weight``/``bn_bias``); the two halves concatenated."""
     name = "ibn"
-    check_tensor(x, name)
-    if x.dim() != 4:
-        raise ValueError(f"{name} expects a 4-D input of shape (N, C, H, W), got shape {shape_str(x.shape)}")
+    _batch.check_4d_input(name, x)
     check_eps(eps)
     _batch.check_factor(momentum)
     c = x.shape[1]
@@ -130,15 +118,10 @@ def ibn(
         parts.append(_batch.cast_affine((xi - mean) * torch.rsqrt(var + eps), in_weight, in_bias, view))
     if half < c:
         xb = xf[:, half:]
-        use_batch = training or running_mean is None
-        if use_batch:
-            mean, var, count = _batch.batch_stats(name, xb, sync, process_group)
-            if training and running_mean is not None and running_var is not None:
-                _batch.update_running_stats(running_mean, running_var, mean, var, count, momentum)
-        else:
-            mean, var = running_mean.to(xf.dtype), running_var.to(xf.dtype)
-        y = (xb - mean.view(view)) * torch.rsqrt(var.view(view) + eps)
-        parts.append(_batch.cast_affine(y, bn_weight, bn_bias, view))
+        mean, var = _batch.batch_or_running_stats(
+            name, xb, running_mean, running_var, training, momentum, sync, process_group
+        )
+        parts.append(_batch.cast_affine(_batch.standardize(xb, mean, var, eps), bn_weight, bn_bias, view))
     y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
     return y.to(x.dtype)
 
@@ -170,11 +153,7 @@ def batch_channel_norm(
     spatial dims (biased variance, ``eps`` inside the root) and a per-group affine ``group_weight``,
     ``group_bias`` of shape (G,)."""
     name = "batch_channel_norm"
-    if running_mean is None or running_var is None:
-        raise ValueError(f"{name} needs running_mean and running_var")
-    channels = running_mean.numel()
-    _check_common(name, x, eps, {"running_var": running_var, "weight": weight, "bias": bias}, channels)
-    check_channels(x, 1, channels, name, f"(N, {channels}, *)")
+    channels = _batch.check_running_input(name, x, eps, running_mean, running_var, [("weight", weight), ("bias", bias)])
     _batch.check_factor(momentum)
     if not isinstance(num_groups, int) or num_groups < 1 or channels % num_groups:
         raise ValueError(f"{name}: num_groups must be a positive divisor of C = {channels}, got {num_groups!r}")
@@ -187,15 +166,10 @@ def batch_channel_norm(
     rv = running_var.to(xf.dtype)
     if training:
         with torch.no_grad():
-            synced = sync and sync_active(process_group)
-            mean, var, _ = batch_moments(xf.detach(), _batch.reduce_dims(xf), sync=synced, process_group=process_group)
+            mean, var, _ = _batch.channel_moments(xf.detach(), sync, process_group)
             est_var = var + (mean - rm).square()  # E_B[(x - running_mean_old)^2]
-            factor = momentum.to(xf.dtype) if isinstance(momentum, Tensor) else momentum
-            rm = torch.lerp(rm, mean, factor)
-            rv = torch.lerp(rv, est_var, factor)
-            running_mean.copy_(rm)
-            running_var.copy_(rv)
-    y = _batch.cast_affine((xf - rm.view(view)) * torch.rsqrt(rv.view(view) + eps), weight, bias, view)
+        rm, rv = _batch.lerp_running_stats(running_mean, running_var, mean, est_var, momentum, old=(rm, rv))
+    y = _batch.cast_affine(_batch.standardize(xf, rm, rv, eps), weight, bias, view)
     n = y.shape[0]
     yg = y.reshape(n, num_groups, -1)
     gmean = yg.mean(-1, keepdim=True)

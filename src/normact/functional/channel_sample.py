@@ -9,19 +9,13 @@ from __future__ import annotations
 
 import math
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from normact._checks import check_channels, check_eps, check_rank, check_tensor, shape_str
+from normact.functional._norm_stats import float32_inputs
 
 __all__ = ["group_norm1", "layer_norm2d"]
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def _f32(t: Tensor | None) -> Tensor | None:
-    return None if t is None else t.float()
 
 
 def _check_affine(x: Tensor, weight: Tensor | None, bias: Tensor | None, name: str, layout: str) -> None:
@@ -47,10 +41,9 @@ def layer_norm2d(
     check_rank(x, (4,), "layer_norm2d", "(N, C, H, W)")
     _check_affine(x, weight, bias, "layer_norm2d", "(N, C, H, W)")
     shape = (x.shape[1],)
-    if x.dtype in _LOW_PRECISION:
-        y = F.layer_norm(x.float().permute(0, 2, 3, 1), shape, _f32(weight), _f32(bias), eps)
-        return y.permute(0, 3, 1, 2).to(x.dtype)
-    return F.layer_norm(x.permute(0, 2, 3, 1), shape, weight, bias, eps).permute(0, 3, 1, 2)
+    xc, weight_c, bias_c = float32_inputs(x, weight, bias)
+    y = F.layer_norm(xc.permute(0, 2, 3, 1), shape, weight_c, bias_c, eps)
+    return y.permute(0, 3, 1, 2).to(x.dtype)
 
 
 def group_norm1(
@@ -70,6 +63,5 @@ def group_norm1(
         raise ValueError(
             f"group_norm1 needs more than 1 value per sample (C x spatial), got input shape {shape_str(x.shape)}"
         )
-    if x.dtype in _LOW_PRECISION:
-        return F.group_norm(x.float(), 1, _f32(weight), _f32(bias), eps).to(x.dtype)
-    return F.group_norm(x, 1, weight, bias, eps)
+    xc, weight_c, bias_c = float32_inputs(x, weight, bias)
+    return F.group_norm(xc, 1, weight_c, bias_c, eps).to(x.dtype)

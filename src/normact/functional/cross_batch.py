@@ -14,8 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from normact._checks import check_channels, check_int, shape_str, upcast
-from normact.distributed import batch_moments, sync_active
+from normact._checks import check_int, upcast
 from normact.functional import _batch
 from normact.functional._state import read_state
 
@@ -51,30 +50,17 @@ def cross_minibatch_norm(
     towards the pooled mean and unbiased variance with ``momentum`` (a float or a 0-d tensor). Evaluation:
     BatchNorm with the running statistics."""
     name = "cross_minibatch_norm"
-    _batch.check_nc_input(name, x, eps)
+    tensors = [("accum_mean", accum_mean), ("accum_var", accum_var), ("weight", weight), ("bias", bias)]
+    _batch.check_running_input(name, x, eps, running_mean, running_var, tensors)
     accum_steps = check_int("accum_steps", accum_steps)
     _batch.check_factor(momentum)
-    channels = running_mean.numel()
-    check_channels(x, 1, channels, name, f"(N, {channels}, *)")
-    tensors = (
-        ("running_var", running_var),
-        ("accum_mean", accum_mean),
-        ("accum_var", accum_var),
-        ("weight", weight),
-        ("bias", bias),
-    )
-    _batch.check_numel(name, tensors, channels)
     xf = upcast(x)
-    view = _batch.channel_view(xf)
     if training:
-        synced = sync and sync_active(process_group)
-        local = xf.numel() // channels if channels else 0
-        if accum_steps == 1 and local <= 1 and not synced:
-            raise ValueError(
-                f"{name} in training with accum_steps=1 needs more than 1 value per channel (N * spatial > 1), "
-                f"got input shape {shape_str(x.shape)}"
-            )
-        mean_b, var_b, n_b = batch_moments(xf, _batch.reduce_dims(xf), sync=synced, process_group=process_group)
+        if accum_steps == 1:  # BatchNorm: a single value per channel has no variance
+            need = "in training with accum_steps=1 needs more than 1 value per channel (N * spatial > 1)"
+            mean_b, var_b, n_b = _batch.batch_stats(name, xf, sync, process_group, need)
+        else:
+            mean_b, var_b, n_b = _batch.channel_moments(xf, sync, process_group)
         # Earlier mini-batches of this optimizer batch (constants); none at the first one. torch.where, not a
         # product, so stale or non-finite accumulators of a finished batch never leak in.
         # (read_state: these buffers are updated below; see normact.functional._state)
@@ -86,7 +72,7 @@ def cross_minibatch_norm(
         delta = mean_b - mean_a
         mean = mean_a + delta * (n_b / n)
         var = (n_a * var_a + n_b * var_b) / n + delta.square() * (n_a * n_b / n.square())
-        y = (xf - mean.view(view)) * torch.rsqrt(var.view(view) + eps)
+        y = _batch.standardize(xf, mean, var, eps)
         with torch.no_grad():
             accum_mean.copy_(mean.detach())
             accum_var.copy_(var.detach())
@@ -94,5 +80,5 @@ def cross_minibatch_norm(
             accum_step.copy_((accum_step + 1) % accum_steps)
             _batch.update_running_stats(running_mean, running_var, mean, var, n, momentum)
     else:
-        y = (xf - running_mean.to(xf.dtype).view(view)) * torch.rsqrt(running_var.to(xf.dtype).view(view) + eps)
-    return _batch.cast_affine(y, weight, bias, view).to(x.dtype)
+        y = _batch.standardize(xf, running_mean.to(xf.dtype), running_var.to(xf.dtype), eps)
+    return _batch.cast_affine(y, weight, bias, _batch.channel_view(xf)).to(x.dtype)

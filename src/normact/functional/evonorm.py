@@ -13,15 +13,18 @@ statistic and only drop the gate.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from normact._checks import check_channels, check_eps, check_int, check_momentum, check_tensor, shape_str, upcast
+from normact._checks import check_eps, check_int, check_tensor, shape_str, upcast
 from normact.functional._affine import affine
 from normact.functional._batch import batch_stats
+from normact.functional._norm_stats import check_per_channel, require_momentum
 
 __all__ = [
     "evonorm_b0",
@@ -39,14 +42,12 @@ __all__ = [
 # ------------------------------------------------------------------------------------------- helpers
 
 
-def _check_nchw(x: Tensor, name: str, **per_channel: Tensor | None) -> None:
+def _check_nchw(x: Tensor, name: str, per_channel: dict[str, Tensor | None]) -> None:
     """``x`` is a 4-D floating tensor; each given per-channel tensor has C elements."""
     check_tensor(x, name)
     if x.dim() != 4:
         raise ValueError(f"{name} expects a 4-D input of shape (N, C, H, W), got shape {shape_str(x.shape)}")
-    for arg, t in per_channel.items():
-        if t is not None:
-            check_channels(x, 1, t.numel(), name, f"(N, C, H, W) with C = {arg}.numel() = {t.numel()}")
+    check_per_channel(x, name, "(N, C, H, W) with C = {arg}.numel() = {numel}", per_channel)
 
 
 def _per_channel(t: Tensor) -> Tensor:
@@ -97,11 +98,58 @@ def _check_b(
     v: Tensor | None,
     momentum: float,
     eps: float,
+    *,
+    v_required: bool = False,
 ) -> None:
-    _check_nchw(x, name, running_var=running_var, weight=weight, bias=bias, v=v)
+    """The B variants' argument checks; ``v_required``: ``v`` must be given (B0 with ``apply_act``)."""
+    _check_nchw(x, name, {"running_var": running_var, "weight": weight, "bias": bias, "v": v})
     check_eps(eps)
-    if check_momentum(momentum) is None:
-        raise ValueError(f"{name} needs a momentum in [0, 1], got None")
+    require_momentum(name, momentum)
+    if v_required and v is None:
+        raise ValueError(f"{name} with apply_act=True needs v, a (C,) tensor")
+
+
+def _evonorm_b(
+    name: str,
+    x: Tensor,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+    apply_act: bool,
+    sync: bool,
+    process_group: Any,
+    per_sample: Callable[[Tensor, float], Tensor],
+) -> Tensor:
+    """The B variants once their arguments are checked: ``x / max(sqrt(s_b^2 + eps), per_sample(x, eps)) * weight
+    + bias`` in the computation dtype; ``x * weight + bias`` without ``apply_act``."""
+    if not apply_act:
+        return _finish(upcast(x), x, weight, bias)
+    xf = upcast(x)
+    left = _batch_std(name, xf, running_var, training, momentum, eps, sync, process_group)
+    return _finish(xf / torch.maximum(left, per_sample(xf, eps)), x, weight, bias)
+
+
+def _instance_rms(xf: Tensor, eps: float) -> Tensor:
+    return torch.sqrt(torch.mean(xf * xf, dim=(2, 3), keepdim=True) + eps)
+
+
+def _b0_term(xf: Tensor, eps: float, *, v: Tensor) -> Tensor:
+    """B0's per-sample term: v x + sqrt(s_w^2 + eps), s_w^2 the biased variance per sample and channel."""
+    instance_std = torch.sqrt(torch.var(xf, dim=(2, 3), correction=0, keepdim=True) + eps)
+    return xf * _per_channel(v) + instance_std
+
+
+def _b1_term(xf: Tensor, eps: float) -> Tensor:
+    """B1's per-sample term: (x + 1) sqrt(E_hw[x^2] + eps)."""
+    return (xf + 1) * _instance_rms(xf, eps)
+
+
+def _b2_term(xf: Tensor, eps: float) -> Tensor:
+    """B2's per-sample term: sqrt(E_hw[x^2] + eps) - x."""
+    return _instance_rms(xf, eps) - xf
 
 
 def evonorm_b0(
@@ -123,20 +171,11 @@ def evonorm_b0(
     in place as ``(1 - momentum) r + momentum * n/(n-1) s_b^2``), ``running_var`` in evaluation;
     :math:`s_w^2`: biased variance per sample and channel over (H, W). ``apply_act=False``: ``x γ + β``.
     """
-    _check_b("evonorm_b0", x, running_var, weight, bias, v, momentum, eps)
-    if not apply_act:
-        return _finish(upcast(x), x, weight, bias)
-    if v is None:
-        raise ValueError("evonorm_b0 with apply_act=True needs v, a (C,) tensor")
-    xf = upcast(x)
-    left = _batch_std("evonorm_b0", xf, running_var, training, momentum, eps, sync, process_group)
-    instance_std = torch.sqrt(torch.var(xf, dim=(2, 3), correction=0, keepdim=True) + eps)
-    right = xf * _per_channel(v) + instance_std
-    return _finish(xf / torch.maximum(left, right), x, weight, bias)
-
-
-def _instance_rms(xf: Tensor, eps: float) -> Tensor:
-    return torch.sqrt(torch.mean(xf * xf, dim=(2, 3), keepdim=True) + eps)
+    _check_b("evonorm_b0", x, running_var, weight, bias, v, momentum, eps, v_required=apply_act)
+    term = partial(_b0_term, v=v)
+    return _evonorm_b(
+        "evonorm_b0", x, running_var, weight, bias, training, momentum, eps, apply_act, sync, process_group, term
+    )
 
 
 def evonorm_b1(
@@ -154,12 +193,9 @@ def evonorm_b1(
     r"""EvoNorm-B1 (timm): :math:`y = x / \max(\sqrt{s_b^2 + \epsilon},\ (x + 1)\sqrt{\mathrm{E}_{hw}[x^2] + \epsilon})
     \,\gamma + \beta`; :math:`s_b^2` and ``running_var`` as in :func:`evonorm_b0`. ``apply_act=False``: ``x γ + β``."""
     _check_b("evonorm_b1", x, running_var, weight, bias, None, momentum, eps)
-    if not apply_act:
-        return _finish(upcast(x), x, weight, bias)
-    xf = upcast(x)
-    left = _batch_std("evonorm_b1", xf, running_var, training, momentum, eps, sync, process_group)
-    right = (xf + 1) * _instance_rms(xf, eps)
-    return _finish(xf / torch.maximum(left, right), x, weight, bias)
+    return _evonorm_b(
+        "evonorm_b1", x, running_var, weight, bias, training, momentum, eps, apply_act, sync, process_group, _b1_term
+    )
 
 
 def evonorm_b2(
@@ -177,37 +213,12 @@ def evonorm_b2(
     r"""EvoNorm-B2 (timm): :math:`y = x / \max(\sqrt{s_b^2 + \epsilon},\ \sqrt{\mathrm{E}_{hw}[x^2] + \epsilon} - x)
     \,\gamma + \beta`; :math:`s_b^2` and ``running_var`` as in :func:`evonorm_b0`. ``apply_act=False``: ``x γ + β``."""
     _check_b("evonorm_b2", x, running_var, weight, bias, None, momentum, eps)
-    if not apply_act:
-        return _finish(upcast(x), x, weight, bias)
-    xf = upcast(x)
-    left = _batch_std("evonorm_b2", xf, running_var, training, momentum, eps, sync, process_group)
-    right = _instance_rms(xf, eps) - xf
-    return _finish(xf / torch.maximum(left, right), x, weight, bias)
+    return _evonorm_b(
+        "evonorm_b2", x, running_var, weight, bias, training, momentum, eps, apply_act, sync, process_group, _b2_term
+    )
 
 
 # ------------------------------------------------------------------------------------------- S variants
-
-
-def _check_s(
-    name: str,
-    x: Tensor,
-    num_groups: int,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    v: Tensor | None,
-    eps: float,
-    centered: bool,
-) -> None:
-    _check_nchw(x, name, weight=weight, bias=bias, v=v)
-    num_groups = check_int("num_groups", num_groups)
-    check_eps(eps)
-    if x.shape[1] % num_groups:
-        raise ValueError(f"{name} expects C divisible by num_groups={num_groups}, got input shape {shape_str(x.shape)}")
-    if centered and x.shape[1] // num_groups * x.shape[2] * x.shape[3] <= 1:
-        raise ValueError(
-            f"{name} needs more than 1 value per group (C/G * H * W > 1) for a group variance, got "
-            f"num_groups={num_groups} and input shape {shape_str(x.shape)}"
-        )
 
 
 def _group_divide(num: Tensor, xf: Tensor, num_groups: int, eps: float, centered: bool) -> Tensor:
@@ -219,10 +230,44 @@ def _group_divide(num: Tensor, xf: Tensor, num_groups: int, eps: float, centered
     return (num.reshape(n, num_groups, -1) / torch.sqrt(stat + eps)).reshape(xf.shape)
 
 
-def _swish_v(xf: Tensor, v: Tensor | None, name: str) -> Tensor:
+def _swish_v(xf: Tensor, *, v: Tensor | None, name: str) -> Tensor:
     if v is None:
         raise ValueError(f"{name} with apply_act=True needs v, a (C,) tensor")
     return xf * torch.sigmoid(xf * _per_channel(v))
+
+
+def _evonorm_s(
+    name: str,
+    x: Tensor,
+    num_groups: int,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    v: Tensor | None,
+    eps: float,
+    apply_act: bool,
+    gate: Callable[[Tensor], Tensor],
+    *,
+    centered: bool,
+    a_variant: bool,
+) -> Tensor:
+    """The S variants: ``gate(x) / sqrt(stat_g + eps) * weight + bias`` in the computation dtype, ``stat_g`` the
+    group variance (``centered``) or mean square; without ``apply_act`` only ``x * weight + bias``, or for the
+    "a" variants (``a_variant``) ``x / sqrt(stat_g + eps) * weight + bias``."""
+    _check_nchw(x, name, {"weight": weight, "bias": bias, "v": v})
+    groups = check_int("num_groups", num_groups)
+    check_eps(eps)
+    if x.shape[1] % groups:
+        raise ValueError(f"{name} expects C divisible by num_groups={groups}, got input shape {shape_str(x.shape)}")
+    if centered and x.shape[1] // groups * x.shape[2] * x.shape[3] <= 1:
+        raise ValueError(
+            f"{name} needs more than 1 value per group (C/G * H * W > 1) for a group variance, got "
+            f"num_groups={groups} and input shape {shape_str(x.shape)}"
+        )
+    if not apply_act and not a_variant:
+        return _finish(upcast(x), x, weight, bias)
+    xf = upcast(x)
+    num = gate(xf) if apply_act else xf
+    return _finish(_group_divide(num, xf, num_groups, eps, centered=centered), x, weight, bias)
 
 
 def evonorm_s0(
@@ -236,12 +281,10 @@ def evonorm_s0(
 ) -> Tensor:
     r"""EvoNorm-S0: :math:`y = x\,\sigma(v x) / \sqrt{s_{w,g}^2 + \epsilon}\,\gamma + \beta`, :math:`s_{w,g}^2`
     the biased variance per sample over each group of C/G channels and (H, W). ``apply_act=False``: ``x γ + β``."""
-    _check_s("evonorm_s0", x, num_groups, weight, bias, v, eps, centered=True)
-    if not apply_act:
-        return _finish(upcast(x), x, weight, bias)
-    xf = upcast(x)
-    y = _group_divide(_swish_v(xf, v, "evonorm_s0"), xf, num_groups, eps, centered=True)
-    return _finish(y, x, weight, bias)
+    gate = partial(_swish_v, v=v, name="evonorm_s0")
+    return _evonorm_s(
+        "evonorm_s0", x, num_groups, weight, bias, v, eps, apply_act, gate, centered=True, a_variant=False
+    )
 
 
 def evonorm_s0a(
@@ -255,29 +298,10 @@ def evonorm_s0a(
 ) -> Tensor:
     r"""EvoNorm-S0a (timm): as :func:`evonorm_s0`, but ``apply_act=False`` keeps the normalization:
     :math:`y = x / \sqrt{s_{w,g}^2 + \epsilon}\,\gamma + \beta`."""
-    _check_s("evonorm_s0a", x, num_groups, weight, bias, v, eps, centered=True)
-    xf = upcast(x)
-    num = _swish_v(xf, v, "evonorm_s0a") if apply_act else xf
-    return _finish(_group_divide(num, xf, num_groups, eps, centered=True), x, weight, bias)
-
-
-def _s_fixed(
-    name: str,
-    x: Tensor,
-    num_groups: int,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    eps: float,
-    apply_act: bool,
-    centered: bool,
-    normalize_without_act: bool,
-) -> Tensor:
-    _check_s(name, x, num_groups, weight, bias, None, eps, centered=centered)
-    if not apply_act and not normalize_without_act:
-        return _finish(upcast(x), x, weight, bias)
-    xf = upcast(x)
-    num = F.silu(xf) if apply_act else xf
-    return _finish(_group_divide(num, xf, num_groups, eps, centered=centered), x, weight, bias)
+    gate = partial(_swish_v, v=v, name="evonorm_s0a")
+    return _evonorm_s(
+        "evonorm_s0a", x, num_groups, weight, bias, v, eps, apply_act, gate, centered=True, a_variant=True
+    )
 
 
 def evonorm_s1(
@@ -290,7 +314,9 @@ def evonorm_s1(
 ) -> Tensor:
     r"""EvoNorm-S1 (timm): :math:`y = \mathrm{SiLU}(x) / \sqrt{s_{w,g}^2 + \epsilon}\,\gamma + \beta`
     (S0 with v fixed to 1). ``apply_act=False``: ``x γ + β``."""
-    return _s_fixed("evonorm_s1", x, num_groups, weight, bias, eps, apply_act, True, False)
+    return _evonorm_s(
+        "evonorm_s1", x, num_groups, weight, bias, None, eps, apply_act, F.silu, centered=True, a_variant=False
+    )
 
 
 def evonorm_s1a(
@@ -303,7 +329,9 @@ def evonorm_s1a(
 ) -> Tensor:
     r"""EvoNorm-S1a (timm): as :func:`evonorm_s1`; ``apply_act=False`` gives :math:`x / \sqrt{s_{w,g}^2 + \epsilon}
     \,\gamma + \beta`."""
-    return _s_fixed("evonorm_s1a", x, num_groups, weight, bias, eps, apply_act, True, True)
+    return _evonorm_s(
+        "evonorm_s1a", x, num_groups, weight, bias, None, eps, apply_act, F.silu, centered=True, a_variant=True
+    )
 
 
 def evonorm_s2(
@@ -316,7 +344,9 @@ def evonorm_s2(
 ) -> Tensor:
     r"""EvoNorm-S2 (timm): :math:`y = \mathrm{SiLU}(x) / \sqrt{\mathrm{E}_g[x^2] + \epsilon}\,\gamma + \beta`,
     the group mean square (no centering). ``apply_act=False``: ``x γ + β``."""
-    return _s_fixed("evonorm_s2", x, num_groups, weight, bias, eps, apply_act, False, False)
+    return _evonorm_s(
+        "evonorm_s2", x, num_groups, weight, bias, None, eps, apply_act, F.silu, centered=False, a_variant=False
+    )
 
 
 def evonorm_s2a(
@@ -329,4 +359,6 @@ def evonorm_s2a(
 ) -> Tensor:
     r"""EvoNorm-S2a (timm): as :func:`evonorm_s2`; ``apply_act=False`` gives :math:`x / \sqrt{\mathrm{E}_g[x^2] +
     \epsilon}\,\gamma + \beta`."""
-    return _s_fixed("evonorm_s2a", x, num_groups, weight, bias, eps, apply_act, False, True)
+    return _evonorm_s(
+        "evonorm_s2a", x, num_groups, weight, bias, None, eps, apply_act, F.silu, centered=False, a_variant=True
+    )

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from normact._checks import check_eps, check_float, check_tensor, shape_str, upcast
+from normact._checks import check_eps, check_float, shape_str, upcast
+from normact.functional import _batch
 from normact.functional._affine import affine
-from normact.functional._batch import batch_stats, check_factor, update_running_stats
 
 __all__ = ["cc_norm", "pc_norm", "sc_norm"]
 
@@ -56,9 +56,7 @@ def _compose(amplitude: Tensor, phasor: Tensor, size: torch.Size) -> Tensor:
 
 
 def _check_4d(name: str, x: Tensor, eps: float) -> None:
-    check_tensor(x, name)
-    if x.dim() != 4:
-        raise ValueError(f"{name} expects a 4-D input of shape (N, C, H, W), got shape {shape_str(x.shape)}")
+    _batch.check_4d_input(name, x)
     check_eps(eps)
 
 
@@ -77,31 +75,6 @@ def _mix(name: str, mix_logit: Tensor, temperature: float, dtype: torch.dtype) -
     if mix_logit.numel() != 1:
         raise ValueError(f"{name}: mix_logit must hold one value, got shape {shape_str(mix_logit.shape)}")
     return torch.sigmoid(mix_logit.to(dtype).reshape(()) / temperature)
-
-
-def _batch_normalized(
-    name: str,
-    xf: Tensor,
-    running_mean: Tensor | None,
-    running_var: Tensor | None,
-    training: bool,
-    momentum: float | Tensor,
-    eps: float,
-    sync: bool,
-    process_group: Any,
-) -> tuple[Tensor, Tensor]:
-    """Batch normalization without affine, ``((x - mu) / sqrt(var + eps), mu)``: batch statistics over (N, H, W) in
-    training or without running statistics (running statistics then updated in place with ``momentum`` and the
-    unbiased variance), the running statistics otherwise."""
-    if training or running_mean is None or running_var is None:
-        need = "with batch statistics needs more than 1 value per channel (N * H * W > 1)"
-        mean, var, count = batch_stats(name, xf, sync, process_group, need)
-        if training and running_mean is not None and running_var is not None:
-            update_running_stats(running_mean, running_var, mean, var, count, momentum)
-    else:
-        mean, var = running_mean.to(xf.dtype), running_var.to(xf.dtype)
-    mean = mean.view(_VIEW)
-    return (xf - mean) * torch.rsqrt(var.view(_VIEW) + eps), mean
 
 
 def pc_norm(
@@ -124,9 +97,12 @@ def pc_norm(
     name = "pc_norm"
     _check_4d(name, x, eps)
     _check_vectors(name, x, {"running_mean": running_mean, "running_var": running_var, "weight": weight, "bias": bias})
-    check_factor(momentum)
+    _batch.check_factor(momentum)
     xf = upcast(x)
-    normalized, _ = _batch_normalized(name, xf, running_mean, running_var, training, momentum, eps, sync, process_group)
+    mean, var = _batch.batch_or_running_stats(
+        name, xf, running_mean, running_var, training, momentum, sync, process_group, _batch.NEED_NHW
+    )
+    normalized = _batch.standardize(xf, mean, var, eps)
     y = _compose(_amplitude(_spectrum(normalized)), _phasor(_spectrum(xf)), xf.shape[-2:])
     return affine(y, weight, bias, _VIEW).to(x.dtype)
 
@@ -153,13 +129,14 @@ def cc_norm(
     name = "cc_norm"
     _check_4d(name, x, eps)
     _check_vectors(name, x, {"running_mean": running_mean, "running_var": running_var, "weight": weight, "bias": bias})
-    check_factor(momentum)
+    _batch.check_factor(momentum)
     xf = upcast(x)
     lam = _mix(name, mix_logit, temperature, xf.dtype)
-    normalized, mean = _batch_normalized(
-        name, xf, running_mean, running_var, training, momentum, eps, sync, process_group
+    mean, var = _batch.batch_or_running_stats(
+        name, xf, running_mean, running_var, training, momentum, sync, process_group, _batch.NEED_NHW
     )
-    y = _compose(_amplitude(_spectrum(normalized)), _phasor(_spectrum(xf - lam * mean)), xf.shape[-2:])
+    normalized = _batch.standardize(xf, mean, var, eps)
+    y = _compose(_amplitude(_spectrum(normalized)), _phasor(_spectrum(xf - lam * mean.view(_VIEW))), xf.shape[-2:])
     return affine(y, weight, bias, _VIEW).to(x.dtype)
 
 

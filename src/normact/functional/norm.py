@@ -24,6 +24,12 @@ from normact._checks import (
 )
 from normact.functional._affine import affine
 from normact.functional._last_dim import check_last_dim_input, last_dims
+from normact.functional._norm_stats import (
+    check_per_channel,
+    float32_inputs,
+    rescale_to_length,
+    with_running_stats_in_float32,
+)
 
 __all__ = [
     "batch_norm",
@@ -90,10 +96,7 @@ def scale_norm(
 ) -> Tensor:
     r"""ScaleNorm: :math:`y = g \cdot x / \max(\lVert x\rVert_2, \epsilon)` over the last dims, one scalar ``g``."""
     shape = check_last_dim_input("scale_norm", x, normalized_shape, eps)
-    xf = upcast(x)
-    norm = torch.linalg.vector_norm(xf, ord=2, dim=last_dims(len(shape)), keepdim=True)
-    y = xf / norm.clamp_min(eps) * scale
-    return y.to(x.dtype)
+    return rescale_to_length(upcast(x), last_dims(len(shape)), scale, eps).to(x.dtype)
 
 
 def dyt(
@@ -136,39 +139,17 @@ def batch_norm(
     if x.dim() < 2:
         raise ValueError(f"batch_norm expects an input of shape (N, C, *), got shape {tuple(x.shape)}")
     check_eps(eps)
-    for name, t in (
-        ("running_mean", running_mean),
-        ("running_var", running_var),
-        ("weight", weight),
-        ("bias", bias),
-    ):
-        if t is not None:
-            check_channels(x, 1, t.numel(), "batch_norm", f"(N, C, *) with C = {name}.numel()")
+    channel_tensors = {"running_mean": running_mean, "running_var": running_var, "weight": weight, "bias": bias}
+    check_per_channel(x, "batch_norm", "(N, C, *) with C = {arg}.numel()", channel_tensors)
     if training:
         per_channel = x.numel() // x.shape[1] if x.shape[1] else 0
         if per_channel <= 1:
             raise ValueError(
                 f"batch_norm in training needs more than 1 value per channel, got input shape {tuple(x.shape)}"
             )
-    if x.dtype in (torch.float16, torch.bfloat16):
-        # Normalize in float32: statistics of large half-precision inputs overflow otherwise.
-        mean32, var32 = _f32(running_mean), _f32(running_var)
-        y = F.batch_norm(x.float(), mean32, var32, _f32(weight), _f32(bias), training, momentum, eps)
-        _write_back(running_mean, mean32, training)
-        _write_back(running_var, var32, training)
-        return y.to(x.dtype)
-    return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
-
-
-def _f32(t: Tensor | None) -> Tensor | None:
-    return None if t is None else t.float()
-
-
-def _write_back(buffer: Tensor | None, updated: Tensor | None, training: bool) -> None:
-    """Copy running statistics updated in a float32 copy back into a low-precision buffer."""
-    if training and buffer is not None and updated is not None and updated is not buffer:
-        with torch.no_grad():
-            buffer.copy_(updated)
+    return with_running_stats_in_float32(
+        F.batch_norm, x, running_mean, running_var, weight, bias, training, momentum, eps
+    )
 
 
 def group_norm(
@@ -187,17 +168,14 @@ def group_norm(
         raise ValueError(f"group_norm expects an input of shape (N, C, *), got shape {tuple(x.shape)}")
     if x.shape[1] % num_groups:
         raise ValueError(f"group_norm expects C divisible by num_groups={num_groups}, got input shape {tuple(x.shape)}")
-    for t in (weight, bias):
-        if t is not None:
-            check_channels(x, 1, t.numel(), "group_norm", "(N, C, *)")
+    check_per_channel(x, "group_norm", "(N, C, *)", {"weight": weight, "bias": bias})
     if x.shape[1] // num_groups * math.prod(x.shape[2:]) <= 1:
         raise ValueError(
             f"group_norm needs more than 1 value per group (C/G x spatial), got num_groups={num_groups} and "
             f"input shape {tuple(x.shape)}"
         )
-    if x.dtype in (torch.float16, torch.bfloat16):
-        return F.group_norm(x.float(), num_groups, _f32(weight), _f32(bias), eps).to(x.dtype)
-    return F.group_norm(x, num_groups, weight, bias, eps)
+    xc, weight_c, bias_c = float32_inputs(x, weight, bias)
+    return F.group_norm(xc, num_groups, weight_c, bias_c, eps).to(x.dtype)
 
 
 def instance_norm(
@@ -215,15 +193,10 @@ def instance_norm(
     check_eps(eps)
     if x.dim() < 3:
         raise ValueError(f"instance_norm expects an input of shape (N, C, L, ...), got shape {tuple(x.shape)}")
-    for t in (running_mean, running_var, weight, bias):
-        if t is not None:
-            check_channels(x, 1, t.numel(), "instance_norm", "(N, C, *)")
+    channel_tensors = {"running_mean": running_mean, "running_var": running_var, "weight": weight, "bias": bias}
+    check_per_channel(x, "instance_norm", "(N, C, *)", channel_tensors)
     if use_input_stats and math.prod(x.shape[2:]) <= 1:
         raise ValueError(f"instance_norm needs more than 1 spatial value per channel, got input shape {tuple(x.shape)}")
-    if x.dtype in (torch.float16, torch.bfloat16):
-        mean32, var32 = _f32(running_mean), _f32(running_var)
-        y = F.instance_norm(x.float(), mean32, var32, _f32(weight), _f32(bias), use_input_stats, momentum, eps)
-        _write_back(running_mean, mean32, use_input_stats)
-        _write_back(running_var, var32, use_input_stats)
-        return y.to(x.dtype)
-    return F.instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
+    return with_running_stats_in_float32(
+        F.instance_norm, x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps
+    )

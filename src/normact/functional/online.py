@@ -17,8 +17,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from normact._checks import check_channels, check_eps, check_float, check_tensor, shape_str, upcast
+from normact._checks import check_channels, check_float, shape_str, upcast
 from normact.distributed import sync_active
+from normact.functional import _batch
 from normact.functional._state import read_state
 
 __all__ = ["online_norm"]
@@ -61,10 +62,6 @@ def _gather_samples(t: Tensor, group: Any) -> tuple[Tensor, int]:
     return full, sum(sizes[:rank])
 
 
-def _channel_view(x: Tensor) -> tuple[int, ...]:
-    return (1, -1) + (1,) * (x.dim() - 2)
-
-
 class _OnlineNormalize(torch.autograd.Function):
     """``y = (x - center) / scale`` per sample and channel, then ``y * weight + bias``; the backward is the
     paper's control process (not the derivative of the forward through the streams)."""
@@ -85,11 +82,7 @@ class _OnlineNormalize(torch.autograd.Function):
     ) -> Tensor:
         view = (x.shape[0], x.shape[1]) + (1,) * (x.dim() - 2)
         y = (x - center.view(view)) / scale.view(view)
-        out = y
-        if weight is not None:
-            out = out * weight.to(x.dtype).view(_channel_view(x))
-        if bias is not None:
-            out = out + bias.to(x.dtype).view(_channel_view(x))
+        out = _batch.cast_affine(y, weight, bias, _batch.channel_view(x))
         ctx.save_for_backward(y, scale, weight)
         # The accumulators are state, updated in the backward: held by reference, not saved (a saved tensor's
         # version check would reject a second graph's backward once the first one has updated them).
@@ -108,7 +101,7 @@ class _OnlineNormalize(torch.autograd.Function):
         error_1, error_y = ctx.error_1, ctx.error_y
         k = 1.0 - ctx.alpha_bkw
         n, c = y.shape[0], y.shape[1]
-        g = grad_out if weight is None else grad_out * weight.to(y.dtype).view(_channel_view(y))
+        g = grad_out if weight is None else grad_out * weight.to(y.dtype).view(_batch.channel_view(y))
         y3 = y.reshape(n, c, -1)
         g3 = g.reshape(n, c, -1)
         # e^(y) (official v): v_t = v_{t-1} + <x'_t, y_t> with x'_t = g_t - (1 - a_b) v_{t-1} y_t, i.e.
@@ -175,25 +168,15 @@ def online_norm(
     its channels and positions. With ``sync`` (and an initialized process group) the stream runs through the
     samples of all processes in rank order."""
     name = "online_norm"
-    check_tensor(x, name)
-    if x.dim() < 2:
-        raise ValueError(f"{name} expects an input of shape (N, C, *), got shape {shape_str(x.shape)}")
-    check_eps(eps)
+    _batch.check_nc_input(name, x, eps)
     alpha_fwd = check_float("alpha_fwd", alpha_fwd, low=0.0, high=1.0)
     alpha_bkw = check_float("alpha_bkw", alpha_bkw, low=0.0, high=1.0)
     channels = running_mean.numel()
     check_channels(x, 1, channels, name, f"(N, {channels}, *)")
-    for arg, t in (
-        ("running_var", running_var),
-        ("error_1", error_1),
-        ("error_y", error_y),
-        ("weight", weight),
-        ("bias", bias),
-    ):
-        if t is not None and t.numel() != channels:
-            raise ValueError(f"{name}: {arg} must have {channels} elements, got shape {shape_str(t.shape)}")
+    tensors = {"running_var": running_var, "error_1": error_1, "error_y": error_y, "weight": weight, "bias": bias}
+    _batch.check_numel(name, tensors.items(), channels)
     xf = upcast(x)
-    view = _channel_view(xf)
+    view = _batch.channel_view(xf)
     if training:
         if xf.shape[0] == 0:
             raise ValueError(f"{name} in training needs at least one sample, got shape {shape_str(x.shape)}")
@@ -220,12 +203,8 @@ def online_norm(
             running_var.copy_(var_states[-1])
         y = _OnlineNormalize.apply(xf, center, scale, weight, bias, error_1, error_y, alpha_bkw, synced, process_group)
     else:
-        mu = running_mean.to(xf.dtype).view(view)
-        y = (xf - mu) * torch.rsqrt(running_var.to(xf.dtype).view(view) + eps)
-        if weight is not None:
-            y = y * weight.to(xf.dtype).view(view)
-        if bias is not None:
-            y = y + bias.to(xf.dtype).view(view)
+        y = _batch.standardize(xf, running_mean.to(xf.dtype), running_var.to(xf.dtype), eps)
+        y = _batch.cast_affine(y, weight, bias, view)
     if layer_scaling:
         dims = tuple(range(1, y.dim()))
         y = y * torch.rsqrt(y.square().mean(dims, keepdim=True) + eps)

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from normact._checks import check_eps, check_float, check_int, check_tensor, shape_str, upcast
 from normact.distributed import sync_active
+from normact.functional import _batch
 from normact.functional._state import read_state
 
 __all__ = ["power_norm"]
@@ -46,9 +47,7 @@ def _quadratic_mean(u: Tensor, valid: Tensor | None, sync: bool, process_group: 
         count = torch.tensor(float(u.numel() // u.shape[-1]), dtype=u.dtype, device=u.device)
     total = sq.sum(dims)
     if sync:
-        from torch.distributed.nn.functional import all_reduce
-
-        totals = all_reduce(torch.cat([total, count.reshape(1)]), group=process_group)
+        totals = _batch.group_sum(torch.cat([total, count.reshape(1)]), process_group)
         total, count = totals[:-1], totals[-1]
     return total / count.clamp_min(1.0), count
 
@@ -78,11 +77,7 @@ class _PowerNormApprox(torch.autograd.Function):
         process_group: Any,
     ) -> Tensor:
         z = u * inv
-        y = z
-        if weight is not None:
-            y = y * weight.to(z.dtype)
-        if bias is not None:
-            y = y + bias.to(z.dtype)
+        y = _batch.cast_affine(z, weight, bias)
         ctx.save_for_backward(z, inv, weight, valid, count)
         # Not saved with save_for_backward: it is updated in place by this very backward pass (and by other
         # backward passes through the same layer), which the saved-tensor version check would reject.
@@ -142,9 +137,7 @@ def _check(
             f"{_NAME} expects an input of shape (N, {channels}) or (N, L, {channels}) (running_phi has "
             f"{channels} elements), got shape {shape_str(x.shape)}"
         )
-    for arg, t in tensors.items():
-        if t is not None and t.numel() != channels:
-            raise ValueError(f"{_NAME}: {arg} must have {channels} elements, got shape {shape_str(t.shape)}")
+    _batch.check_numel(_NAME, tensors.items(), channels)
     if pad_mask is not None:
         if not isinstance(pad_mask, Tensor) or pad_mask.dtype != torch.bool:
             what = pad_mask.dtype if isinstance(pad_mask, Tensor) else type(pad_mask).__name__
@@ -209,12 +202,7 @@ def power_norm(
     # a copy (the buffer is updated below), read through read_state under torch.compile (pytorch#197039)
     phi = read_state(running_phi).to(u.dtype, copy=True) if training else running_phi.to(u.dtype)
     if not training:
-        z = u * torch.rsqrt(phi + eps)
-        if weight is not None:
-            z = z * weight.to(z.dtype)
-        if bias is not None:
-            z = z + bias.to(z.dtype)
-        return z.to(x.dtype)
+        return _batch.cast_affine(u * torch.rsqrt(phi + eps), weight, bias).to(x.dtype)
     if approx_backward and ema_gz is None:
         raise ValueError(f"{_NAME} in training with approx_backward=True needs ema_gz")
     valid = None if pad_mask is None else (~pad_mask).unsqueeze(-1)
@@ -240,9 +228,5 @@ def power_norm(
     if approx_backward:
         y = _PowerNormApprox.apply(u, inv, weight, bias, ema_gz, valid, count, alpha_bkw, synced, process_group)
     else:
-        y = u * inv
-        if weight is not None:
-            y = y * weight.to(y.dtype)
-        if bias is not None:
-            y = y + bias.to(y.dtype)
+        y = _batch.cast_affine(u * inv, weight, bias)
     return y.to(x.dtype)

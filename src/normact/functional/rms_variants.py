@@ -16,6 +16,7 @@ from torch import Tensor
 from normact._checks import check_float, upcast
 from normact.functional._affine import affine
 from normact.functional._last_dim import check_last_dim_input, last_dims
+from normact.functional._norm_stats import rescale_to_length
 
 __all__ = ["crms_norm", "fix_norm", "partial_rms_norm", "simple_rms_norm"]
 
@@ -94,6 +95,4 @@ def fix_norm(
     :math:`g` = ``length``, over the last ``len(normalized_shape)`` dims."""
     shape = check_last_dim_input("fix_norm", x, normalized_shape, eps)
     length = check_float("length", length, positive=True)
-    xf = upcast(x)
-    norm = torch.linalg.vector_norm(xf, ord=2, dim=last_dims(len(shape)), keepdim=True)
-    return (xf / norm.clamp_min(eps) * length).to(x.dtype)
+    return rescale_to_length(upcast(x), last_dims(len(shape)), length, eps).to(x.dtype)

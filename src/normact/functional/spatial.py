@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from normact._checks import check_eps, check_float, check_tensor, shape_str, upcast
-from normact.distributed import batch_moments, sync_active
-from normact.functional._batch import update_running_stats
+from normact._checks import check_eps, check_float, shape_str, upcast
+from normact.distributed import sync_active
+from normact.functional import _batch
 
 __all__ = ["region_norm", "region_norm_l", "spade"]
 
@@ -27,22 +27,9 @@ _PARAM_FREE = ("batch", "instance")
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def _check_x(name: str, x: Tensor) -> None:
-    check_tensor(x, name)
-    if x.dim() != 4:
-        raise ValueError(f"{name} expects a 4-D input of shape (N, C, H, W), got shape {shape_str(x.shape)}")
-
-
 def _check_vector(name: str, arg: str, t: Tensor | None, shape: tuple[int, ...]) -> None:
     if t is not None and tuple(t.shape) != shape:
         raise ValueError(f"{name}: {arg} must have shape {shape_str(shape)}, got shape {shape_str(t.shape)}")
-
-
-def _check_momentum(momentum: float | Tensor | None, allow_none: bool) -> None:
-    if momentum is None and allow_none:
-        return
-    if not isinstance(momentum, Tensor):
-        check_float("momentum", momentum, low=0.0, high=1.0)
 
 
 def _resize_nearest(t: Tensor, size: tuple[int, int]) -> Tensor:
@@ -95,11 +82,11 @@ def spade(
     ``sync``), the running statistics in evaluation; ``"instance"``: per sample and channel over (H, W).
     Biased variances, ``eps`` inside the square root."""
     name = "spade"
-    _check_x(name, x)
+    _batch.check_4d_input(name, x)
     check_eps(eps)
     if param_free not in _PARAM_FREE:
         raise ValueError(f"{name}: param_free must be one of {_PARAM_FREE}, got {param_free!r}")
-    _check_momentum(momentum, allow_none=False)
+    _batch.check_factor(momentum)
     n, c = x.shape[:2]
     if shared_weight.dim() != 4 or gamma_weight.dim() != 4 or beta_weight.dim() != 4:
         raise ValueError(f"{name}: the convolution weights must be 4-D (out, in, k, k)")
@@ -123,25 +110,15 @@ def spade(
             f"got shape {shape_str(segmap.shape)}"
         )
     xf = upcast(x)
-    view = (1, c, 1, 1)
     if param_free == "instance":
         mean = xf.mean((2, 3), keepdim=True)
         var = (xf - mean).square().mean((2, 3), keepdim=True)
         xhat = (xf - mean) * torch.rsqrt(var + eps)
     else:
-        if training or running_mean is None or running_var is None:
-            synced = sync and sync_active(process_group)
-            if n * x.shape[2] * x.shape[3] <= 1 and not synced:
-                raise ValueError(
-                    f"{name} with batch statistics needs more than 1 value per channel (N * H * W > 1), "
-                    f"got input shape {shape_str(x.shape)}"
-                )
-            mean, var, count = batch_moments(xf, (0, 2, 3), sync=synced, process_group=process_group)
-            if training and running_mean is not None and running_var is not None:
-                update_running_stats(running_mean, running_var, mean, var, count, momentum)
-        else:
-            mean, var = running_mean.to(xf.dtype), running_var.to(xf.dtype)
-        xhat = (xf - mean.view(view)) * torch.rsqrt(var.view(view) + eps)
+        mean, var = _batch.batch_or_running_stats(
+            name, xf, running_mean, running_var, training, momentum, sync, process_group, _batch.NEED_NHW
+        )
+        xhat = _batch.standardize(xf, mean, var, eps)
     m = _resize_nearest(segmap.to(xf.dtype), (x.shape[2], x.shape[3]))
     actv = torch.relu(_conv(m, shared_weight, shared_bias))
     gamma = _conv(actv, gamma_weight, gamma_bias)
@@ -184,21 +161,14 @@ def _region_moments(xf: Tensor, m: Tensor, sync: bool, process_group: Any) -> tu
     counts = weights.sum((1, 2, 3, 4))  # (2,)
     synced = sync and sync_active(process_group)
     if synced:
-        totals = _all_reduce(torch.cat([sums.reshape(-1), counts]), process_group)
+        totals = _batch.group_sum(torch.cat([sums.reshape(-1), counts]), process_group)
         sums, counts = totals[: 2 * c].reshape(2, c), totals[2 * c :]
     denom = counts.clamp_min(1).unsqueeze(1)
     mean = sums / denom
     sq = (weights * (xs - mean.view(2, 1, c, 1, 1)).square()).sum((1, 3, 4))
     if synced:
-        sq = _all_reduce(sq, process_group)
+        sq = _batch.group_sum(sq, process_group)
     return mean, sq / denom, counts
-
-
-def _all_reduce(t: Tensor, process_group: Any) -> Tensor:
-    """Differentiable sum over the process group (as in :func:`normact.distributed.batch_moments`)."""
-    from torch.distributed.nn.functional import all_reduce
-
-    return all_reduce(t, group=process_group)
 
 
 def _region_update(
@@ -223,9 +193,7 @@ def _region_update(
         else:
             factor = present * momentum
         unbiased = var.detach() * (counts / (counts - 1).clamp_min(1)).unsqueeze(1)
-        factor = factor.unsqueeze(1)
-        running_mean.copy_(torch.lerp(running_mean.to(mean.dtype), mean.detach(), factor))
-        running_var.copy_(torch.lerp(running_var.to(mean.dtype), unbiased, factor))
+    _batch.lerp_running_stats(running_mean, running_var, mean, unbiased, factor.unsqueeze(1))
 
 
 def _region_normalize(
@@ -264,7 +232,8 @@ def _check_region_args(
     tensors: dict[str, Tensor | None],
 ) -> None:
     check_eps(eps)
-    _check_momentum(momentum, allow_none=True)
+    if momentum is not None:
+        _batch.check_factor(momentum)
     c = x.shape[1]
     for arg, t in tensors.items():
         _check_vector(name, arg, t, (2, c))
@@ -295,7 +264,7 @@ def region_norm(
     the batches the region was present in, counted in ``num_batches_tracked`` of shape (2,)) and used in
     evaluation. An empty region contributes nothing."""
     name = "region_norm"
-    _check_x(name, x)
+    _batch.check_4d_input(name, x)
     _check_region_args(
         name,
         x,
@@ -343,7 +312,7 @@ def region_norm_l(
     :math:`y = \hat x \odot (1 + \mathrm{conv}_\gamma(S)) + \mathrm{conv}_\beta(S)` with (1, 1, k, k)
     kernels and biases, shared by all channels. Convolutions are stride 1 with zero padding k // 2."""
     name = "region_norm_l"
-    _check_x(name, x)
+    _batch.check_4d_input(name, x)
     _check_region_args(name, x, eps, momentum, {"running_mean": running_mean, "running_var": running_var})
     check_float("threshold", threshold)
     k = sa_weight.shape[-1]

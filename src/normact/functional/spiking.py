@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from normact._checks import check_channels, check_eps, check_float, check_tensor, shape_str, upcast
-from normact.distributed import batch_moments, sync_active
-from normact.functional._batch import update_running_stats
+from normact.distributed import sync_active
+from normact.functional import _batch
 
 __all__ = ["fold_mpbn_threshold", "mpbn_lif", "mpbn_surrogate_grad"]
 
@@ -90,9 +90,7 @@ def fold_mpbn_threshold(
     check_eps(eps)
     check_float("v_th", v_th, positive=True)
     c = running_mean.numel()
-    for arg, t in (("running_var", running_var), ("weight", weight), ("bias", bias)):
-        if t is not None and t.numel() != c:
-            raise ValueError(f"fold_mpbn_threshold: {arg} must have {c} elements, got shape {shape_str(t.shape)}")
+    _batch.check_numel("fold_mpbn_threshold", (("running_var", running_var), ("weight", weight), ("bias", bias)), c)
     mu = upcast(running_mean)
     s = torch.sqrt(upcast(running_var).to(mu.dtype) + eps)
     g = torch.ones_like(mu) if weight is None else upcast(weight.detach()).to(mu.dtype)
@@ -143,9 +141,7 @@ def mpbn_lif(
         raise ValueError(f"{name} needs running_mean and running_var")
     c = running_mean.numel()
     check_channels(x, 2, c, name, f"({'N, T' if batch_first else 'T, N'}, {c}, *)")
-    for arg, t in (("running_var", running_var), ("weight", weight), ("bias", bias)):
-        if t is not None and t.numel() != c:
-            raise ValueError(f"{name}: {arg} must have {c} elements, got shape {shape_str(t.shape)}")
+    _batch.check_numel(name, (("running_var", running_var), ("weight", weight), ("bias", bias)), c)
     if momentum is None and training and num_batches_tracked is None:
         raise ValueError(f"{name}: momentum=None (cumulative average) needs num_batches_tracked")
     if momentum is not None:
@@ -154,7 +150,7 @@ def mpbn_lif(
     xs = xf.transpose(0, 1) if batch_first else xf
     steps = xs.shape[0]
     view = (1, c) + (1,) * (xs.dim() - 3)
-    dims = (0, *range(2, xs.dim() - 1))
+    # cast and shaped once: the T steps share one graph node each (one gradient sum in the computation dtype)
     w = None if weight is None else weight.to(xf.dtype).view(view)
     b = None if bias is None else bias.to(xf.dtype).view(view)
     synced = training and sync and sync_active(process_group)
@@ -172,8 +168,8 @@ def mpbn_lif(
     for t in range(steps):
         u = tau * u + xs[t]
         if training:
-            mean, var, count = batch_moments(u, dims, sync=synced, process_group=process_group)
-            u_hat = (u - mean.view(view)) * torch.rsqrt(var.view(view) + eps)
+            mean, var, count = _batch.channel_moments(u, synced, process_group)
+            u_hat = _batch.standardize(u, mean, var, eps)
             with torch.no_grad():
                 if num_batches_tracked is not None:
                     num_batches_tracked.add_(1)
@@ -181,13 +177,10 @@ def mpbn_lif(
                     factor: float | Tensor = 1.0 / num_batches_tracked.to(xf.dtype)
                 else:
                     factor = momentum
-            update_running_stats(running_mean, running_var, mean, var, count, factor)
+            _batch.update_running_stats(running_mean, running_var, mean, var, count, factor)
         else:
             u_hat = (u - rm) * inv
-        if w is not None:
-            u_hat = u_hat * w
-        if b is not None:
-            u_hat = u_hat + b
+        u_hat = _batch.cast_affine(u_hat, w, b)
         with torch.no_grad():
             fired = u_hat > v_th if training else torch.where(above, u > thr, u < thr)
         s = _SurrogateSpike.apply(u_hat, fired.to(u.dtype), v_th, temp)

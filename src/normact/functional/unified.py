@@ -15,6 +15,7 @@ from torch import Tensor
 
 from normact._checks import check_channels, check_eps, check_float, check_int, check_tensor, shape_str, upcast
 from normact.distributed import sync_active
+from normact.functional import _batch
 
 __all__ = ["unified_norm"]
 
@@ -125,9 +126,7 @@ def _check_args(
     check_eps(eps)
     check_float("momentum", momentum, low=0.0, high=1.0)
     check_int("warmup_iters", warmup_iters, minimum=0)
-    for arg, t in (("ema_gz", ema_gz), ("weight", weight), ("bias", bias)):
-        if t is not None and t.numel() != channels:
-            raise ValueError(f"{name}: {arg} must have {channels} elements, got shape {shape_str(t.shape)}")
+    _batch.check_numel(name, (("ema_gz", ema_gz), ("weight", weight), ("bias", bias)), channels)
     for arg, t in (("x2_window", x2_window), ("gz_window", gz_window)):
         if t.dim() != 2 or t.shape[0] < 1 or t.shape[1] != channels:
             raise ValueError(f"{name}: {arg} must have shape (window, {channels}), got shape {shape_str(t.shape)}")
@@ -182,12 +181,7 @@ def unified_norm(
     w = weight.to(dt) if weight is not None else None
     b = bias.to(dt) if bias is not None else None
     if not training:
-        y = xf * torch.rsqrt(running_var.to(dt) + eps)
-        if w is not None:
-            y = y * w
-        if b is not None:
-            y = y + b
-        return y.to(x.dtype)
+        return _batch.cast_affine(xf * torch.rsqrt(running_var.to(dt) + eps), w, b).to(x.dtype)
 
     dims = _leading(xf)
     valid = None if pad_mask is None else (~pad_mask).unsqueeze(-1).to(dt)
@@ -199,9 +193,7 @@ def unified_norm(
     totals = torch.cat([sq.sum(dims), local_count.to(dt).reshape(1)])
     if synced:
         if exact:
-            from torch.distributed.nn.functional import all_reduce
-
-            totals = all_reduce(totals, group=process_group)
+            totals = _batch.group_sum(totals, process_group)
         else:
             totals = totals.clone()
             torch.distributed.all_reduce(totals, group=process_group)
@@ -251,12 +243,7 @@ def unified_norm(
         x2_window.copy_(torch.cat([old[1:], newest.unsqueeze(0)]))
 
     if exact:
-        y = xf * torch.rsqrt(var + eps)
-        if w is not None:
-            y = y * w
-        if b is not None:
-            y = y + b
-        return y.to(x.dtype)
+        return _batch.cast_affine(xf * torch.rsqrt(var + eps), w, b).to(x.dtype)
     with torch.no_grad():
         saved = torch.stack([torch.rsqrt(var_d + eps), r, skip_f, use_batch_gz_f])
     y = _CompensatedNorm.apply(xf, w, b, saved, valid, count, ema_gz, gz_window, momentum, synced, process_group)

@@ -1,6 +1,7 @@
 """Per-channel parameters and running statistics shared by the channel norms (BatchNorm, GroupNorm,
 InstanceNorm, and the catalog's later channel norms): torch's names, shapes and initial values, the
-running-average factor, and the input check."""
+running-average factor, the input check, and the options (eps, momentum, switches, sync) and ``extra_repr``
+of the batch-statistics norms."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from normact._checks import check_channel_input
+from normact._checks import check_channel_input, check_eps, check_momentum
 from normact.registry import Param
 
 # Registry metadata of the parameters and buffers above (affine switchable, running statistics always kept).
@@ -109,3 +110,47 @@ def check_input(module: nn.Module, x: object, ranks: Sequence[int], layout: str,
 def sync_repr(module: nn.Module) -> str:
     """The ``extra_repr`` suffix of the layers with a ``sync`` switch: ``", sync=True"`` when on."""
     return ", sync=True" if module.sync else ""
+
+
+def set_batch_options(
+    module: nn.Module,
+    eps: float,
+    momentum: float | None,
+    sync: bool,
+    process_group: Any,
+    *,
+    affine: bool | None = None,
+    track_running_stats: bool | None = None,
+) -> None:
+    """Validate and keep the options of a batch-statistics norm: ``eps``, ``momentum`` (None: cumulative
+    average), the ``affine`` and ``track_running_stats`` switches of the layers that have them (given, not
+    None), and the data-parallel ``sync`` and ``process_group``."""
+    module.eps = check_eps(eps)
+    module.momentum = check_momentum(momentum)
+    if affine is not None:
+        module.affine = bool(affine)
+    if track_running_stats is not None:
+        module.track_running_stats = bool(track_running_stats)
+    set_sync(module, sync, process_group)
+
+
+def set_sync(module: nn.Module, sync: bool, process_group: Any) -> None:
+    """Keep the data-parallel options: the ``sync`` switch (batch statistics over ``process_group`` when
+    torch.distributed is initialized, see :mod:`normact.distributed`) and the group (None: the default one)."""
+    module.sync = bool(sync)
+    module.process_group = process_group
+
+
+def options_repr(module: nn.Module, *names: str) -> str:
+    """The start of an ``extra_repr``: ``num_features``, then ``name=value`` for each of ``names`` (strings
+    quoted)."""
+    parts = [str(module.num_features)]
+    for name in names:
+        value = getattr(module, name)
+        parts.append(f"{name}={value!r}" if isinstance(value, str) else f"{name}={value}")
+    return ", ".join(parts)
+
+
+def batch_norm_repr(module: nn.Module) -> str:
+    """The ``extra_repr`` of BatchNorm's options: C, eps, momentum, affine, track_running_stats (and sync)."""
+    return options_repr(module, "eps", "momentum", "affine", "track_running_stats") + sync_repr(module)

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from normact import functional as NF
-from normact._checks import check_eps, check_float, check_int, check_momentum, shape_str
+from normact._checks import check_eps, check_float, check_int, shape_str
 from normact.layers.norm import _channel
+from normact.layers.norm._running import RunningStatsNorm
 from normact.registry import Paper, Param, register
 
 __all__ = ["AdaB2N", "AlphaBatchNorm"]
@@ -46,7 +47,7 @@ ADAB2N = Paper(
     batch_dependent=True,
     stateful=True,
 )
-class AlphaBatchNorm(nn.Module):
+class AlphaBatchNorm(RunningStatsNorm):
     r"""alpha-BN, test-time batch statistics calibration (You, Li & Zhao, 2021, arXiv:2110.04065) of (N, C),
     (N, C, L), (N, C, H, W) or (N, C, D, H, W) inputs: a drop-in BatchNorm whose evaluation mixes the source
     (running) statistics with the statistics of the test batch.
@@ -104,11 +105,7 @@ class AlphaBatchNorm(nn.Module):
         factory_kwargs = {"device": device, "dtype": dtype}
         self.num_features = check_int("num_features", num_features)
         self.alpha = check_float("alpha", alpha, low=0.0, high=1.0)
-        self.eps = check_eps(eps)
-        self.momentum = check_momentum(momentum)
-        self.affine = bool(affine)
-        self.sync = bool(sync)
-        self.process_group = process_group
+        _channel.set_batch_options(self, eps, momentum, sync, process_group, affine=affine)
         _channel.add_channel_affine(self, self.num_features, self.affine, factory_kwargs)
         _channel.add_running_stats(self, self.num_features, True, factory_kwargs, count=True)
         self.reset_parameters()
@@ -136,18 +133,9 @@ class AlphaBatchNorm(nn.Module):
             layer.bias.requires_grad_(bn.bias.requires_grad)
         return layer.train(bn.training)
 
-    def reset_running_stats(self) -> None:
-        """running_mean = 0, running_var = 1, num_batches_tracked = 0."""
-        _channel.reset_running_stats(self)
-
-    def reset_parameters(self) -> None:
-        """Running statistics reset; weight = 1, bias = 0."""
-        _channel.reset_running_stats(self)
-        _channel.reset_channel_affine(self)
-
     def forward(self, x: Tensor) -> Tensor:
         _channel.check_input(self, x, (2, 3, 4, 5), "(N, {C}) or (N, {C}, *)")
-        factor = _channel.momentum_factor(self) if self.training else 0.0
+        factor = self._update_factor()
         return NF.alpha_batch_norm(
             x,
             self.running_mean,
@@ -163,10 +151,7 @@ class AlphaBatchNorm(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, alpha={self.alpha}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}" + _channel.sync_repr(self)
-        )
+        return _channel.options_repr(self, "alpha", "eps", "momentum", "affine") + _channel.sync_repr(self)
 
 
 # --------------------------------------------------------------------------------------------------- AdaB2N
@@ -197,7 +182,7 @@ class AlphaBatchNorm(nn.Module):
     batch_dependent=True,
     stateful=True,
 )
-class AdaB2N(nn.Module):
+class AdaB2N(RunningStatsNorm):
     r"""AdaB2N, Adaptive Balance of BN (Lyu, Wang, Zhang, Sun, Su, Zhu & Jing, 2023, arXiv:2310.08855) of
     (N, C), (N, C, L) or (N, C, H, W) inputs: a BatchNorm for continual learning whose training statistics
     balance the tasks with a Bayesian (Dirichlet) weighting and whose running statistics use a modified
@@ -287,8 +272,7 @@ class AdaB2N(nn.Module):
             raise TypeError("momentum must be a number in [0, 1] (kappa=0 gives the cumulative average), got None")
         self.momentum = check_float("momentum", momentum, low=0.0, high=1.0)
         self.affine = bool(affine)
-        self.sync = bool(sync)
-        self.process_group = process_group
+        _channel.set_sync(self, sync, process_group)
         _channel.add_channel_affine(self, self.num_features, self.affine, factory_kwargs)
         tw = nn.Parameter(torch.empty(self.num_tasks, **factory_kwargs)) if self.adapt else None
         self.register_parameter("task_weight", tw)
@@ -300,14 +284,12 @@ class AdaB2N(nn.Module):
 
     def reset_running_stats(self) -> None:
         """running statistics, num_batches_tracked and the eta state reset (cur_tasks kept)."""
-        _channel.reset_running_stats(self)
+        super().reset_running_stats()
         self.last_eta.zero_()
 
     def reset_parameters(self) -> None:
         """Running statistics, eta state and cur_tasks reset; weight = 1, bias = 0, task_weight = init_weight."""
-        _channel.reset_running_stats(self)
-        _channel.reset_channel_affine(self)
-        self.last_eta.zero_()
+        super().reset_parameters()
         self.cur_tasks.zero_()
         if self.task_weight is not None:
             nn.init.constant_(self.task_weight, self.init_weight)
@@ -377,8 +359,5 @@ class AdaB2N(nn.Module):
         return state
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, num_tasks={self.num_tasks}, kappa={self.kappa}, init_weight={self.init_weight}, "
-            f"adapt={self.adapt}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
-            + _channel.sync_repr(self)
-        )
+        options = ("num_tasks", "kappa", "init_weight", "adapt", "eps", "momentum", "affine")
+        return _channel.options_repr(self, *options) + _channel.sync_repr(self)

@@ -9,8 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from normact import functional as NF
-from normact._checks import check_eps, check_int, check_momentum
+from normact._checks import check_int
 from normact.layers.norm import _channel
+from normact.layers.norm._running import RunningStatsNorm
 from normact.registry import Paper, Param, register
 
 __all__ = ["AttentiveBatchNorm"]
@@ -48,7 +49,7 @@ ATTENTIVE_BN = Paper(
     stateful=True,
     verified_against=("torch.nn.BatchNorm1d",),
 )
-class AttentiveBatchNorm(nn.Module):
+class AttentiveBatchNorm(RunningStatsNorm):
     r"""Attentive Batch Normalization (Ding, Guo, Dai & Du, 2020, arXiv:2001.00129) of frame sequences
     (N, T, C): batch normalization whose scale and shift are generated from the utterance by an auxiliary
     network with attention over the frames.
@@ -119,11 +120,7 @@ class AttentiveBatchNorm(nn.Module):
             raise ValueError(f"level must be 'utterance' or 'frame', got {level!r}")
         self.level = level
         self.attention_dim = c if attention_dim is None else check_int("attention_dim", attention_dim)
-        self.eps = check_eps(eps)
-        self.momentum = check_momentum(momentum)
-        self.affine = bool(affine)
-        self.sync = bool(sync)
-        self.process_group = process_group
+        _channel.set_batch_options(self, eps, momentum, sync, process_group, affine=affine)
         _channel.add_channel_affine(self, c, self.affine, factory_kwargs)
         self.gamma_weight = nn.Parameter(torch.empty(c, self.attention_dim, **factory_kwargs))
         self.beta_weight = nn.Parameter(torch.empty(c, self.attention_dim, **factory_kwargs))
@@ -133,15 +130,10 @@ class AttentiveBatchNorm(nn.Module):
         _channel.add_running_stats(self, c, True, factory_kwargs, count=True)
         self.reset_parameters()
 
-    def reset_running_stats(self) -> None:
-        """running_mean = 0, running_var = 1, num_batches_tracked = 0."""
-        _channel.reset_running_stats(self)
-
     def reset_parameters(self) -> None:
         """Running statistics reset; weight = 1, bias = 0, W_gamma = W_beta = 0 (the layer is BatchNorm);
         the hidden layer as torch.nn.Linear: W_h, b_h ~ U(-1/sqrt(C), 1/sqrt(C)); v ~ U(-1/sqrt(A), 1/sqrt(A))."""
-        self.reset_running_stats()
-        _channel.reset_channel_affine(self)
+        super().reset_parameters()
         nn.init.zeros_(self.gamma_weight)
         nn.init.zeros_(self.beta_weight)
         nn.init.kaiming_uniform_(self.aux_weight, a=math.sqrt(5))
@@ -155,7 +147,7 @@ class AttentiveBatchNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
-        momentum = _channel.momentum_factor(self) if self.training else 0.0
+        momentum = self._update_factor()
         return NF.attentive_batch_norm(
             x,
             self.running_mean,
@@ -193,7 +185,5 @@ class AttentiveBatchNorm(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, level={self.level!r}, attention_dim={self.attention_dim}, eps={self.eps}, "
-            f"momentum={self.momentum}, affine={self.affine}" + _channel.sync_repr(self)
-        )
+        options = ("level", "attention_dim", "eps", "momentum", "affine")
+        return _channel.options_repr(self, *options) + _channel.sync_repr(self)

@@ -5,24 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from normact import functional as NF
-from normact._checks import (
-    check_channel_input,
-    check_eps,
-    check_int,
-    check_momentum,
-)
-from normact.distributed import batch_moments, sync_active
+from normact._checks import upcast
+from normact.distributed import sync_active
+from normact.functional import _batch
 from normact.layers import papers
-from normact.layers.norm._channel import (
-    add_channel_affine,
-    add_running_stats,
-    reset_channel_affine,
-    reset_running_stats,
-    sync_repr,
-)
+from normact.layers.norm import _channel
+from normact.layers.norm._running import RunningStatsNorm
 from normact.registry import Param, register
 
 __all__ = ["BatchNorm1d", "BatchNorm2d"]
@@ -40,7 +31,7 @@ _BN_FORMULA = (
 )
 
 
-class _BatchNorm(nn.Module):
+class _BatchNorm(RunningStatsNorm):
     """Shared body of BatchNorm1d/2d: torch.nn.BatchNorm semantics and state-dict keys."""
 
     __constants__ = ["num_features", "eps", "momentum", "affine", "track_running_stats"]
@@ -60,29 +51,14 @@ class _BatchNorm(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.sync = bool(sync)
-        self.process_group = process_group
         factory_kwargs = {"device": device, "dtype": dtype}
-        self.num_features = check_int("num_features", num_features)
-        self.eps = check_eps(eps)
-        self.momentum = check_momentum(momentum)
-        self.affine = bool(affine)
-        self.track_running_stats = bool(track_running_stats)
-        add_channel_affine(self, self.num_features, self.affine, factory_kwargs)
-        add_running_stats(self, self.num_features, self.track_running_stats, factory_kwargs, count=True)
+        self._init_batch_norm(
+            num_features, eps, momentum, affine, track_running_stats, sync, process_group, factory_kwargs
+        )
         self.reset_parameters()
 
-    def reset_running_stats(self) -> None:
-        """running_mean = 0, running_var = 1, num_batches_tracked = 0."""
-        reset_running_stats(self)
-
-    def reset_parameters(self) -> None:
-        """Running statistics reset; weight = 1, bias = 0."""
-        reset_running_stats(self)
-        reset_channel_affine(self)
-
     def forward(self, x: Tensor) -> Tensor:
-        check_channel_input(x, type(self).__name__, self.num_features, ranks=self._ranks, layout=self._layout)
+        _channel.check_input(self, x, self._ranks, self._layout)
         update = self.training and self.track_running_stats
         if self.training and self.sync and sync_active(self.process_group):
             return self._synced_forward(x, update)
@@ -106,37 +82,32 @@ class _BatchNorm(nn.Module):
 
     def _synced_forward(self, x: Tensor, update: bool) -> Tensor:
         """Training with batch moments over the whole process group (see normact.distributed)."""
-        dims = (0, *range(2, x.dim()))
-        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        mean, var, count = batch_moments(xf, dims, sync=True, process_group=self.process_group)
+        xf = upcast(x)
+        mean, var, count = _batch.channel_moments(xf, True, self.process_group)
         if update:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 factor = self.momentum if self.momentum is not None else 1.0 / self.num_batches_tracked.to(mean)
-                unbiased = var * count / (count - 1).clamp_min(1)
-                self.running_mean.lerp_(mean.detach().to(self.running_mean), factor)
-                self.running_var.lerp_(unbiased.detach().to(self.running_var), factor)
-        view = (1, -1) + (1,) * (x.dim() - 2)
-        y = (xf - mean.view(view)) * torch.rsqrt(var.view(view) + self.eps)
-        if self.weight is not None:
-            y = y * self.weight.view(view) + self.bias.view(view)
-        return y.to(x.dtype)
+                self._lerp_running_stats(mean, var * count / (count - 1).clamp_min(1), factor)
+        y = _batch.standardize(xf, mean, var, self.eps)
+        return _batch.cast_affine(y, self.weight, self.bias, _batch.channel_view(xf)).to(x.dtype)
 
     def _update_cumulative(self, x: Tensor) -> None:
-        dims = (0, *range(2, x.dim()))
-        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        xf = upcast(x)
+        dims = _batch.reduce_dims(xf)
         mean = xf.mean(dims)
-        var = xf.var(dims, correction=1)
         factor = 1.0 / self.num_batches_tracked.to(mean.dtype)
+        self._lerp_running_stats(mean, xf.var(dims, correction=1), factor.to(self.running_mean.dtype))
+
+    def _lerp_running_stats(self, mean: Tensor, unbiased: Tensor, factor: float | Tensor) -> None:
+        """running_mean and running_var lerped in place, in their dtype and without gradient, towards the batch
+        mean and unbiased variance."""
         with torch.no_grad():
-            self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor.to(self.running_mean.dtype))
-            self.running_var.lerp_(var.to(self.running_var.dtype), factor.to(self.running_var.dtype))
+            self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), factor)
+            self.running_var.lerp_(unbiased.detach().to(self.running_var.dtype), factor)
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-            f"track_running_stats={self.track_running_stats}" + sync_repr(self)
-        )
+        return _channel.batch_norm_repr(self)
 
 
 _BN_DOC = r"""Batch normalization (Ioffe & Szegedy, 2015, arXiv:1502.03167) of {layout} inputs.
@@ -164,36 +135,26 @@ _BN_DOC = r"""Batch normalization (Ioffe & Szegedy, 2015, arXiv:1502.03167) of {
     """
 
 
-@register(
-    "batchnorm1d",
-    kind="norm",
-    verified_against=("torch.nn.BatchNorm1d",),
-    paper=papers.BATCH_NORM,
-    formula=_BN_FORMULA,
-    functional=NF.batch_norm,
-    params=_BN_PARAMS,
-    batch_dependent=True,
-    stateful=True,
-    aliases=("bn1d",),
-)
+# The registry entry BatchNorm1d and BatchNorm2d share (each adds its torch twin and its aliases).
+_BN_ENTRY: dict[str, Any] = {
+    "kind": "norm",
+    "paper": papers.BATCH_NORM,
+    "formula": _BN_FORMULA,
+    "functional": NF.batch_norm,
+    "params": _BN_PARAMS,
+    "batch_dependent": True,
+    "stateful": True,
+}
+
+
+@register("batchnorm1d", verified_against=("torch.nn.BatchNorm1d",), aliases=("bn1d",), **_BN_ENTRY)
 class BatchNorm1d(_BatchNorm):
     __doc__ = _BN_DOC.format(layout="(N, C) or (N, C, L)", spatial=" (and L)", torch_name="BatchNorm1d")
     _ranks = (2, 3)
     _layout = "(N, {C}) or (N, {C}, L)"
 
 
-@register(
-    "batchnorm2d",
-    kind="norm",
-    verified_against=("torch.nn.BatchNorm2d",),
-    paper=papers.BATCH_NORM,
-    formula=_BN_FORMULA,
-    functional=NF.batch_norm,
-    params=_BN_PARAMS,
-    batch_dependent=True,
-    stateful=True,
-    aliases=("bn2d", "batchnorm"),
-)
+@register("batchnorm2d", verified_against=("torch.nn.BatchNorm2d",), aliases=("bn2d", "batchnorm"), **_BN_ENTRY)
 class BatchNorm2d(_BatchNorm):
     __doc__ = _BN_DOC.format(layout="(N, C, H, W)", spatial=" and H, W", torch_name="BatchNorm2d")
     _ranks = (4,)

@@ -8,16 +8,12 @@ import math
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from normact import functional as NF
-from normact._checks import (
-    check_eps,
-    check_float,
-    check_int,
-    check_momentum,
-)
+from normact._checks import check_eps, check_float, check_int
 from normact.layers.norm import _channel
+from normact.layers.norm._running import RunningStatsNorm
 from normact.layers.norm.group import InstanceNorm2d
 from normact.registry import Paper, Param, register
 
@@ -64,7 +60,7 @@ BATCH_CHANNEL_NORM = Paper(
     batch_dependent=True,
     stateful=True,
 )
-class BatchRenorm(nn.Module):
+class BatchRenorm(RunningStatsNorm):
     r"""Batch Renormalization (Ioffe, 2017, arXiv:1702.03275) of (N, C), (N, C, L) or (N, C, H, W) inputs.
 
     .. math::
@@ -125,29 +121,16 @@ class BatchRenorm(nn.Module):
         super().__init__()
         factory_kwargs = {"device": device, "dtype": dtype}
         self.num_features = check_int("num_features", num_features)
-        self.eps = check_eps(eps)
-        self.momentum = check_momentum(momentum)
-        self.affine = bool(affine)
+        _channel.set_batch_options(self, eps, momentum, sync, process_group, affine=affine)
         self.r_max = check_float("r_max", r_max, low=1.0)
         self.d_max = check_float("d_max", d_max, nonnegative=True)
-        self.sync = bool(sync)
-        self.process_group = process_group
         _channel.add_channel_affine(self, self.num_features, self.affine, factory_kwargs)
         _channel.add_running_stats(self, self.num_features, True, factory_kwargs, count=True)
         self.reset_parameters()
 
-    def reset_running_stats(self) -> None:
-        """running_mean = 0, running_var = 1, num_batches_tracked = 0."""
-        _channel.reset_running_stats(self)
-
-    def reset_parameters(self) -> None:
-        """Running statistics reset; weight = 1, bias = 0."""
-        _channel.reset_running_stats(self)
-        _channel.reset_channel_affine(self)
-
     def forward(self, x: Tensor) -> Tensor:
         _channel.check_input(self, x, (2, 3, 4), _channel.LAYOUT_1D_2D)
-        momentum = _channel.momentum_factor(self) if self.training else 0.0
+        momentum = self._update_factor()
         return NF.batch_renorm(
             x,
             self.running_mean,
@@ -164,10 +147,7 @@ class BatchRenorm(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-            f"r_max={self.r_max}, d_max={self.d_max}" + _channel.sync_repr(self)
-        )
+        return _channel.options_repr(self, "eps", "momentum", "affine", "r_max", "d_max") + _channel.sync_repr(self)
 
 
 # ------------------------------------------------------------------------------------------------------ IBN
@@ -196,7 +176,7 @@ class BatchRenorm(nn.Module):
     batch_dependent=True,
     stateful=True,
 )
-class IBN(nn.Module):
+class IBN(RunningStatsNorm):
     r"""IBN, Instance-Batch Normalization (Pan, Luo, Shi & Tang, 2018, arXiv:1807.09441) of (N, C, H, W) inputs.
 
     .. math::
@@ -251,12 +231,9 @@ class IBN(nn.Module):
         self.num_features = check_int("num_features", num_features)
         self.ratio = check_float("ratio", ratio, low=0.0, high=1.0)
         self.half = int(self.num_features * self.ratio)
-        self.eps = check_eps(eps)
-        self.momentum = check_momentum(momentum)
-        self.affine = bool(affine)
-        self.track_running_stats = bool(track_running_stats)
-        self.sync = bool(sync)
-        self.process_group = process_group
+        _channel.set_batch_options(
+            self, eps, momentum, sync, process_group, affine=affine, track_running_stats=track_running_stats
+        )
         has_in, has_bn = self.half > 0, self.half < self.num_features
         rest = self.num_features - self.half
         _channel.add_channel_affine(self, self.half, self.affine and has_in, factory_kwargs, ("in_weight", "in_bias"))
@@ -264,19 +241,14 @@ class IBN(nn.Module):
         _channel.add_running_stats(self, rest, self.track_running_stats and has_bn, factory_kwargs, count=True)
         self.reset_parameters()
 
-    def reset_running_stats(self) -> None:
-        """running_mean = 0, running_var = 1, num_batches_tracked = 0 (BN half)."""
-        _channel.reset_running_stats(self)
-
     def reset_parameters(self) -> None:
-        """Running statistics reset; weights = 1, biases = 0."""
-        _channel.reset_running_stats(self)
+        """Running statistics (of the BN half) reset; weights = 1, biases = 0."""
+        self.reset_running_stats()
         _channel.reset_channel_affine(self, ("in_weight", "bn_weight"), ("in_bias", "bn_bias"))
 
     def forward(self, x: Tensor) -> Tensor:
         _channel.check_input(self, x, (4,), _channel.LAYOUT_2D)
-        update = self.training and self.running_mean is not None
-        momentum = _channel.momentum_factor(self) if update else 0.0
+        momentum = self._update_factor()
         return NF.ibn(
             x,
             self.half,
@@ -294,10 +266,8 @@ class IBN(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, ratio={self.ratio}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}, track_running_stats={self.track_running_stats}" + _channel.sync_repr(self)
-        )
+        options = _channel.options_repr(self, "ratio", "eps", "momentum", "affine", "track_running_stats")
+        return options + _channel.sync_repr(self)
 
 
 # ------------------------------------------------------------------------------ Batch-Channel Normalization
@@ -323,7 +293,7 @@ class IBN(nn.Module):
     batch_dependent=True,
     stateful=True,
 )
-class BatchChannelNorm(nn.Module):
+class BatchChannelNorm(RunningStatsNorm):
     r"""Batch-Channel Normalization (Qiao, Wang, Liu, Shen & Yuille, 2019, arXiv:1903.10520) of (N, C), (N, C, L)
     or (N, C, H, W) inputs: batch normalization with estimated statistics, then a channel (group) normalization.
 
@@ -386,22 +356,17 @@ class BatchChannelNorm(nn.Module):
             raise ValueError(f"num_groups must divide num_features = {self.num_features}, got {groups}")
         self.num_groups = groups
         self.eps = check_eps(eps)
-        self.momentum = check_float("momentum", momentum, low=0.0, high=1.0)
+        self.momentum = check_float("momentum", momentum, low=0.0, high=1.0)  # a rate: no cumulative average
         self.affine = bool(affine)
-        self.sync = bool(sync)
-        self.process_group = process_group
+        _channel.set_sync(self, sync, process_group)
         _channel.add_channel_affine(self, self.num_features, self.affine, factory_kwargs)
         _channel.add_channel_affine(self, self.num_groups, self.affine, factory_kwargs, ("group_weight", "group_bias"))
         _channel.add_running_stats(self, self.num_features, True, factory_kwargs, count=True)
         self.reset_parameters()
 
-    def reset_running_stats(self) -> None:
-        """running_mean = 0, running_var = 1, num_batches_tracked = 0."""
-        _channel.reset_running_stats(self)
-
     def reset_parameters(self) -> None:
         """Running statistics reset; weights = 1, biases = 0."""
-        _channel.reset_running_stats(self)
+        self.reset_running_stats()
         _channel.reset_channel_affine(self, ("weight", "group_weight"), ("bias", "group_bias"))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -425,10 +390,7 @@ class BatchChannelNorm(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, num_groups={self.num_groups}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}" + _channel.sync_repr(self)
-        )
+        return _channel.options_repr(self, "num_groups", "eps", "momentum", "affine") + _channel.sync_repr(self)
 
 
 # IBN-b (Pan et al., 2018): an affine InstanceNorm2d after the residual addition of selected blocks (and after

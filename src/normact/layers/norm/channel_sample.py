@@ -22,7 +22,8 @@ _AFFINE = (Param("weight", "(C,)", "1 (affine=True only)"), Param("bias", "(C,)"
 
 
 class _ChannelSampleNorm(nn.Module):
-    """Shared construction: ``num_channels`` first, ``eps``, ``affine`` (per-channel weight and bias)."""
+    """Shared construction of the per-sample norms that take the channel count first (LayerNorm2d, GroupNorm1,
+    and GroupNorm in group.py): ``num_channels``, ``eps``, ``affine`` (per-channel weight and bias)."""
 
     __constants__ = ["num_channels", "eps", "affine"]
 

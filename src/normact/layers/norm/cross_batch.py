@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from normact import functional as NF
-from normact._checks import check_eps, check_int, check_momentum
+from normact._checks import check_int
 from normact.layers.norm import _channel
+from normact.layers.norm._running import RunningStatsNorm
 from normact.registry import Paper, Param, register
 
 __all__ = ["CrossMiniBatchNorm"]
@@ -47,7 +48,7 @@ YOLOV4 = Paper(
     batch_dependent=True,
     stateful=True,
 )
-class CrossMiniBatchNorm(nn.Module):
+class CrossMiniBatchNorm(RunningStatsNorm):
     r"""Cross mini-Batch Normalization, CmBN (YOLOv4, Bochkovskiy, Wang & Liao, 2020, arXiv:2004.10934) of
     (N, C), (N, C, L) or (N, C, H, W) inputs.
 
@@ -118,11 +119,7 @@ class CrossMiniBatchNorm(nn.Module):
         factory_kwargs = {"device": device, "dtype": dtype}
         self.num_features = check_int("num_features", num_features)
         self.accum_steps = check_int("accum_steps", accum_steps)
-        self.eps = check_eps(eps)
-        self.momentum = check_momentum(momentum)
-        self.affine = bool(affine)
-        self.sync = bool(sync)
-        self.process_group = process_group
+        _channel.set_batch_options(self, eps, momentum, sync, process_group, affine=affine)
         c = self.num_features
         _channel.add_channel_affine(self, c, self.affine, factory_kwargs)
         _channel.add_running_stats(self, c, True, factory_kwargs, count=True)
@@ -141,17 +138,16 @@ class CrossMiniBatchNorm(nn.Module):
 
     def reset_running_stats(self) -> None:
         """running_mean = 0, running_var = 1, num_batches_tracked = 0, and the accumulation cleared."""
-        _channel.reset_running_stats(self)
+        super().reset_running_stats()
         self.reset_accumulation()
 
     def reset_parameters(self) -> None:
         """Running statistics and accumulation reset; weight = 1, bias = 0."""
-        self.reset_running_stats()
-        _channel.reset_channel_affine(self)
+        super().reset_parameters()
 
     def forward(self, x: Tensor) -> Tensor:
         _channel.check_input(self, x, (2, 3, 4), _channel.LAYOUT_1D_2D)
-        momentum = _channel.momentum_factor(self) if self.training else 0.0
+        momentum = self._update_factor()
         return NF.cross_minibatch_norm(
             x,
             self.running_mean,
@@ -171,7 +167,4 @@ class CrossMiniBatchNorm(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, accum_steps={self.accum_steps}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}" + _channel.sync_repr(self)
-        )
+        return _channel.options_repr(self, "accum_steps", "eps", "momentum", "affine") + _channel.sync_repr(self)

@@ -14,6 +14,8 @@ from normact._checks import (
     normalize_shape,
 )
 from normact.layers import papers
+from normact.layers.norm._channel import reset_channel_affine
+from normact.layers.norm._features import add_elementwise_affine
 from normact.registry import Param, register
 
 __all__ = ["DyT"]
@@ -76,23 +78,13 @@ class DyT(nn.Module):
         self.elementwise_affine = bool(elementwise_affine)
         self.channels_last = bool(channels_last)
         self.alpha = nn.Parameter(torch.empty(1, **factory_kwargs))
-        if self.elementwise_affine:
-            self.weight = nn.Parameter(torch.empty(self.normalized_shape, **factory_kwargs))
-        else:
-            self.register_parameter("weight", None)
-        if self.elementwise_affine and bias:
-            self.bias = nn.Parameter(torch.empty(self.normalized_shape, **factory_kwargs))
-        else:
-            self.register_parameter("bias", None)
+        add_elementwise_affine(self, self.normalized_shape, self.elementwise_affine, bias, factory_kwargs)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """alpha = alpha_init, weight = 1, bias = 0."""
         nn.init.constant_(self.alpha, self.alpha_init)
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        reset_channel_affine(self)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.channels_last:

@@ -4,11 +4,12 @@ Das & Smidt, ICLR 2024, arXiv:2306.12059)."""
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from normact import functional as NF
-from normact._checks import check_eps, check_int, check_tensor, shape_str
+from normact._checks import check_int, check_tensor, shape_str
 from normact.layers.norm import _channel
+from normact.layers.norm._features import FeatureNorm
 from normact.registry import Paper, Param, register
 
 __all__ = ["SeparableLayerNorm"]
@@ -40,7 +41,7 @@ _NORMALIZATIONS = ("component", "norm")
         Param("bias", "(C,)", "0 (affine=True only)"),
     ),
 )
-class SeparableLayerNorm(nn.Module):
+class SeparableLayerNorm(FeatureNorm):
     r"""Separable Layer Normalization, SLN (Liao, Wood, Das & Smidt, EquiformerV2, 2023, arXiv:2306.12059), of
     equivariant features of shape (*, (lmax+1)^2, C).
 
@@ -102,11 +103,11 @@ class SeparableLayerNorm(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
+        channels = check_int("num_features", num_features)  # validated in argument order: C, lmax, eps
+        lmax = check_int("lmax", lmax, minimum=0)
+        super().__init__(channels, eps)
         factory_kwargs = {"device": device, "dtype": dtype}
-        self.num_features = check_int("num_features", num_features)
-        self.lmax = check_int("lmax", lmax, minimum=0)
-        self.eps = check_eps(eps)
+        self.lmax = lmax
         self.affine = bool(affine)
         if normalization not in _NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {_NORMALIZATIONS}, got {normalization!r}")
@@ -134,7 +135,4 @@ class SeparableLayerNorm(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, lmax={self.lmax}, eps={self.eps}, affine={self.affine}, "
-            f"normalization={self.normalization!r}, std_balance_degrees={self.std_balance_degrees}"
-        )
+        return _channel.options_repr(self, "lmax", "eps", "affine", "normalization", "std_balance_degrees")

@@ -3,18 +3,25 @@ paper, and the B1, B2, S0a, S1, S1a, S2, S2a variants that timm ships."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from normact import functional as NF
-from normact._checks import (
-    check_eps,
-    check_int,
-    check_momentum,
+from normact._checks import check_int
+from normact.functional._norm_stats import require_momentum
+from normact.layers.norm._channel import (
+    LAYOUT_2D,
+    add_channel_affine,
+    check_input,
+    options_repr,
+    reset_channel_affine,
+    set_sync,
+    sync_repr,
 )
-from normact.layers.norm._channel import LAYOUT_2D, add_channel_affine, check_input, reset_channel_affine, sync_repr
+from normact.layers.norm._features import FeatureNorm
 from normact.registry import Paper, Param, register
 
 __all__ = [
@@ -44,18 +51,42 @@ _NO_ACT = "; apply_act=False: y = x * weight + bias (no normalization, as timm)"
 _NO_ACT_A = "; apply_act=False drops only the gate"
 
 
-def _add_v(module: nn.Module, num_features: int, present: bool, factory_kwargs: dict) -> None:
-    module.register_parameter("v", nn.Parameter(torch.empty(num_features, **factory_kwargs)) if present else None)
+class _EvoNorm(FeatureNorm):
+    """Shared by every variant: the per-channel ``weight`` and ``bias``, the learned ``v`` of the variants that
+    have one (``_has_v``; only with ``apply_act``) and the call of the variant's functional form."""
+
+    _has_v = False
+    _functional: Callable[..., Tensor]  # the variant's function in normact.functional
+
+    def _add_parameters(self, affine: bool, apply_act: bool, factory_kwargs: dict[str, Any]) -> None:
+        """Keep the ``affine`` and ``apply_act`` switches and register ``weight``, ``bias`` (``None`` without
+        ``affine``) and ``v`` (``None`` without ``_has_v`` or ``apply_act``), uninitialized."""
+        self._add_affine(affine, factory_kwargs)
+        self.apply_act = bool(apply_act)
+        if self._has_v:
+            add_channel_affine(self, self.num_features, self.apply_act, factory_kwargs, ("v",))
+
+    def reset_parameters(self) -> None:
+        """weight = 1, bias = 0, v = 1."""
+        reset_channel_affine(self)
+        if getattr(self, "v", None) is not None:
+            nn.init.ones_(self.v)
+
+    def _evonorm(self, x: Tensor, stats_or_groups: Tensor | int, *options: Any) -> Tensor:
+        """Check the (N, C, H, W) input and return the functional form of ``(x, stats_or_groups, weight, bias[, v],
+        *options)``, ``stats_or_groups`` being ``running_var`` (B variants) or ``num_groups`` (S variants)."""
+        check_input(self, x, (4,), LAYOUT_2D)
+        v = (self.v,) if self._has_v else ()
+        return self._functional(x, stats_or_groups, self.weight, self.bias, *v, *options)
 
 
 # ------------------------------------------------------------------------------------------- B variants
 
 
-class _EvoNormB(nn.Module):
-    """Shared body of the batch variants: per-channel affine, ``running_var`` and the configuration."""
+class _EvoNormB(_EvoNorm):
+    """Shared body of the batch variants: ``running_var``, the momentum and the data-parallel sync."""
 
     __constants__ = ["num_features", "eps", "momentum", "affine", "apply_act"]
-    _has_v = False
 
     def __init__(
         self,
@@ -69,21 +100,11 @@ class _EvoNormB(nn.Module):
         device: torch.device | str | None,
         dtype: torch.dtype | None,
     ) -> None:
-        super().__init__()
+        super().__init__(num_features, eps)
         factory_kwargs = {"device": device, "dtype": dtype}
-        self.sync = bool(sync)
-        self.process_group = process_group
-        self.num_features = check_int("num_features", num_features)
-        self.eps = check_eps(eps)
-        momentum = check_momentum(momentum)
-        if momentum is None:
-            raise ValueError(f"{type(self).__name__} needs a momentum in [0, 1], got None")
-        self.momentum = momentum
-        self.affine = bool(affine)
-        self.apply_act = bool(apply_act)
-        add_channel_affine(self, self.num_features, self.affine, factory_kwargs)
-        if self._has_v:
-            _add_v(self, self.num_features, self.apply_act, factory_kwargs)
+        set_sync(self, sync, process_group)
+        self.momentum = require_momentum(type(self).__name__, momentum)
+        self._add_parameters(affine, apply_act, factory_kwargs)
         self.register_buffer("running_var", torch.empty(self.num_features, **factory_kwargs))
         self.reset_parameters()
 
@@ -94,15 +115,15 @@ class _EvoNormB(nn.Module):
     def reset_parameters(self) -> None:
         """running_var = 1; weight = 1, bias = 0, v = 1."""
         self.reset_running_stats()
-        reset_channel_affine(self)
-        if getattr(self, "v", None) is not None:
-            nn.init.ones_(self.v)
+        super().reset_parameters()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._evonorm(
+            x, self.running_var, self.training, self.momentum, self.eps, self.apply_act, self.sync, self.process_group
+        )
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-            f"apply_act={self.apply_act}" + sync_repr(self)
-        )
+        return options_repr(self, "eps", "momentum", "affine", "apply_act") + sync_repr(self)
 
 
 _B_ARGS = """
@@ -154,6 +175,7 @@ class EvoNorm2dB0(_EvoNormB):
 """ + _B_ARGS.format(eps="1e-3")
 
     _has_v = True
+    _functional = staticmethod(NF.evonorm_b0)
 
     def __init__(
         self,
@@ -168,22 +190,6 @@ class EvoNorm2dB0(_EvoNormB):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(num_features, eps, momentum, affine, apply_act, sync, process_group, device, dtype)
-
-    def forward(self, x: Tensor) -> Tensor:
-        check_input(self, x, (4,), LAYOUT_2D)
-        return NF.evonorm_b0(
-            x,
-            self.running_var,
-            self.weight,
-            self.bias,
-            self.v,
-            self.training,
-            self.momentum,
-            self.eps,
-            self.apply_act,
-            self.sync,
-            self.process_group,
-        )
 
 
 @register(
@@ -213,6 +219,8 @@ class EvoNorm2dB1(_EvoNormB):
     float16/bfloat16 inputs; added: an ``affine`` switch.
 """ + _B_ARGS.format(eps="1e-5")
 
+    _functional = staticmethod(NF.evonorm_b1)
+
     def __init__(
         self,
         num_features: int,
@@ -226,21 +234,6 @@ class EvoNorm2dB1(_EvoNormB):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(num_features, eps, momentum, affine, apply_act, sync, process_group, device, dtype)
-
-    def forward(self, x: Tensor) -> Tensor:
-        check_input(self, x, (4,), LAYOUT_2D)
-        return NF.evonorm_b1(
-            x,
-            self.running_var,
-            self.weight,
-            self.bias,
-            self.training,
-            self.momentum,
-            self.eps,
-            self.apply_act,
-            self.sync,
-            self.process_group,
-        )
 
 
 @register(
@@ -270,6 +263,8 @@ class EvoNorm2dB2(_EvoNormB):
     inputs; added: an ``affine`` switch.
 """ + _B_ARGS.format(eps="1e-5")
 
+    _functional = staticmethod(NF.evonorm_b2)
+
     def __init__(
         self,
         num_features: int,
@@ -284,30 +279,29 @@ class EvoNorm2dB2(_EvoNormB):
     ) -> None:
         super().__init__(num_features, eps, momentum, affine, apply_act, sync, process_group, device, dtype)
 
-    def forward(self, x: Tensor) -> Tensor:
-        check_input(self, x, (4,), LAYOUT_2D)
-        return NF.evonorm_b2(
-            x,
-            self.running_var,
-            self.weight,
-            self.bias,
-            self.training,
-            self.momentum,
-            self.eps,
-            self.apply_act,
-            self.sync,
-            self.process_group,
-        )
-
 
 # ------------------------------------------------------------------------------------------- S variants
 
 
-class _EvoNormS(nn.Module):
-    """Shared body of the sample (group) variants: per-channel affine, optional v, groups."""
+def _check_groups(num_features: int, num_groups: int, group_size: int | None) -> tuple[int, int | None]:
+    """The checked ``(num_groups, group_size)`` of ``num_features`` channels; ``group_size``, when given,
+    overrides ``num_groups`` with ``num_features // group_size`` (timm's convention)."""
+    num_groups = check_int("num_groups", num_groups)  # validated even when group_size overrides it
+    if group_size is not None:
+        group_size = check_int("group_size", group_size)
+        if num_features % group_size:
+            raise ValueError(f"num_features={num_features} must be divisible by group_size={group_size}")
+        num_groups = num_features // group_size
+    num_groups = check_int("num_groups", num_groups)
+    if num_features % num_groups:
+        raise ValueError(f"num_features={num_features} must be divisible by num_groups={num_groups}")
+    return num_groups, group_size
+
+
+class _EvoNormS(_EvoNorm):
+    """Shared body of the sample (group) variants: the groups."""
 
     __constants__ = ["num_features", "num_groups", "eps", "affine", "apply_act"]
-    _has_v = False
 
     def __init__(
         self,
@@ -320,38 +314,20 @@ class _EvoNormS(nn.Module):
         device: torch.device | str | None,
         dtype: torch.dtype | None,
     ) -> None:
-        super().__init__()
+        channels = check_int("num_features", num_features)  # the groups are checked against it before eps
+        groups, group_size = _check_groups(channels, num_groups, group_size)
+        super().__init__(channels, eps)
         factory_kwargs = {"device": device, "dtype": dtype}
-        self.num_features = check_int("num_features", num_features)
-        num_groups = check_int("num_groups", num_groups)  # validated even when group_size overrides it
-        if group_size is not None:
-            group_size = check_int("group_size", group_size)
-            if self.num_features % group_size:
-                raise ValueError(f"num_features={self.num_features} must be divisible by group_size={group_size}")
-            num_groups = self.num_features // group_size
-        self.num_groups = check_int("num_groups", num_groups)
-        if self.num_features % self.num_groups:
-            raise ValueError(f"num_features={self.num_features} must be divisible by num_groups={self.num_groups}")
+        self.num_groups = groups
         self.group_size = group_size
-        self.eps = check_eps(eps)
-        self.affine = bool(affine)
-        self.apply_act = bool(apply_act)
-        add_channel_affine(self, self.num_features, self.affine, factory_kwargs)
-        if self._has_v:
-            _add_v(self, self.num_features, self.apply_act, factory_kwargs)
+        self._add_parameters(affine, apply_act, factory_kwargs)
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """weight = 1, bias = 0, v = 1."""
-        reset_channel_affine(self)
-        if getattr(self, "v", None) is not None:
-            nn.init.ones_(self.v)
+    def forward(self, x: Tensor) -> Tensor:
+        return self._evonorm(x, self.num_groups, self.eps, self.apply_act)
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, num_groups={self.num_groups}, eps={self.eps}, affine={self.affine}, "
-            f"apply_act={self.apply_act}"
-        )
+        return options_repr(self, "num_groups", "eps", "affine", "apply_act")
 
 
 _S_ARGS = """
@@ -409,6 +385,8 @@ class EvoNorm2dS0(_S0Base):
         a_variant=False,
     )
 
+    _functional = staticmethod(NF.evonorm_s0)
+
     def __init__(
         self,
         num_features: int,
@@ -421,10 +399,6 @@ class EvoNorm2dS0(_S0Base):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(num_features, num_groups, eps, affine, apply_act, group_size, device, dtype)
-
-    def forward(self, x: Tensor) -> Tensor:
-        check_input(self, x, (4,), LAYOUT_2D)
-        return NF.evonorm_s0(x, self.num_groups, self.weight, self.bias, self.v, self.eps, self.apply_act)
 
 
 @register(
@@ -453,6 +427,8 @@ class EvoNorm2dS0a(_S0Base):
         a_variant=True,
     )
 
+    _functional = staticmethod(NF.evonorm_s0a)
+
     def __init__(
         self,
         num_features: int,
@@ -465,10 +441,6 @@ class EvoNorm2dS0a(_S0Base):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(num_features, num_groups, eps, affine, apply_act, group_size, device, dtype)
-
-    def forward(self, x: Tensor) -> Tensor:
-        check_input(self, x, (4,), LAYOUT_2D)
-        return NF.evonorm_s0a(x, self.num_groups, self.weight, self.bias, self.v, self.eps, self.apply_act)
 
 
 @register(
@@ -497,6 +469,8 @@ class EvoNorm2dS1(_EvoNormS):
         a_variant=False,
     )
 
+    _functional = staticmethod(NF.evonorm_s1)
+
     def __init__(
         self,
         num_features: int,
@@ -509,10 +483,6 @@ class EvoNorm2dS1(_EvoNormS):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(num_features, num_groups, eps, affine, apply_act, group_size, device, dtype)
-
-    def forward(self, x: Tensor) -> Tensor:
-        check_input(self, x, (4,), LAYOUT_2D)
-        return NF.evonorm_s1(x, self.num_groups, self.weight, self.bias, self.eps, self.apply_act)
 
 
 @register(
@@ -540,6 +510,8 @@ class EvoNorm2dS1a(_EvoNormS):
         a_variant=True,
     )
 
+    _functional = staticmethod(NF.evonorm_s1a)
+
     def __init__(
         self,
         num_features: int,
@@ -552,10 +524,6 @@ class EvoNorm2dS1a(_EvoNormS):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(num_features, num_groups, eps, affine, apply_act, group_size, device, dtype)
-
-    def forward(self, x: Tensor) -> Tensor:
-        check_input(self, x, (4,), LAYOUT_2D)
-        return NF.evonorm_s1a(x, self.num_groups, self.weight, self.bias, self.eps, self.apply_act)
 
 
 @register(
@@ -585,6 +553,8 @@ class EvoNorm2dS2(_EvoNormS):
         centered=False,
     )
 
+    _functional = staticmethod(NF.evonorm_s2)
+
     def __init__(
         self,
         num_features: int,
@@ -597,10 +567,6 @@ class EvoNorm2dS2(_EvoNormS):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(num_features, num_groups, eps, affine, apply_act, group_size, device, dtype)
-
-    def forward(self, x: Tensor) -> Tensor:
-        check_input(self, x, (4,), LAYOUT_2D)
-        return NF.evonorm_s2(x, self.num_groups, self.weight, self.bias, self.eps, self.apply_act)
 
 
 @register(
@@ -630,6 +596,8 @@ class EvoNorm2dS2a(_EvoNormS):
         centered=False,
     )
 
+    _functional = staticmethod(NF.evonorm_s2a)
+
     def __init__(
         self,
         num_features: int,
@@ -642,7 +610,3 @@ class EvoNorm2dS2a(_EvoNormS):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(num_features, num_groups, eps, affine, apply_act, group_size, device, dtype)
-
-    def forward(self, x: Tensor) -> Tensor:
-        check_input(self, x, (4,), LAYOUT_2D)
-        return NF.evonorm_s2a(x, self.num_groups, self.weight, self.bias, self.eps, self.apply_act)

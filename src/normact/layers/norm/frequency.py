@@ -23,8 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from normact import functional as NF
-from normact._checks import check_eps, check_float, check_int, check_momentum
+from normact._checks import check_eps, check_float, check_int
 from normact.layers.norm import _channel
+from normact.layers.norm._running import RunningStatsNorm
 from normact.registry import Paper, Param, register
 
 __all__ = ["CCNorm", "PCNorm", "SCNorm"]
@@ -35,41 +36,6 @@ DAC = Paper(
     "2303.02328",
     "Lee, Bae, Kim",
 )
-
-
-class _SpectralBatchNorm(nn.Module):
-    """Shared construction of PCNorm and CCNorm: BatchNorm2d's parameters, buffers and switches."""
-
-    def _setup(
-        self,
-        num_features: int,
-        eps: float,
-        momentum: float | None,
-        affine: bool,
-        track_running_stats: bool,
-        sync: bool,
-        process_group: Any,
-        factory_kwargs: dict[str, Any],
-    ) -> None:
-        self.num_features = check_int("num_features", num_features)
-        self.eps = check_eps(eps)
-        self.momentum = check_momentum(momentum)
-        self.affine = bool(affine)
-        self.track_running_stats = bool(track_running_stats)
-        self.sync = bool(sync)
-        self.process_group = process_group
-        _channel.add_channel_affine(self, self.num_features, self.affine, factory_kwargs)
-        _channel.add_running_stats(self, self.num_features, self.track_running_stats, factory_kwargs, count=True)
-
-    def reset_running_stats(self) -> None:
-        """running_mean = 0, running_var = 1, num_batches_tracked = 0."""
-        _channel.reset_running_stats(self)
-
-    def _repr(self) -> str:
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-            f"track_running_stats={self.track_running_stats}" + _channel.sync_repr(self)
-        )
 
 
 _BN_PARAMS = (
@@ -98,7 +64,7 @@ _BN_PARAMS = (
     stateful=True,
     smooth=False,
 )
-class PCNorm(_SpectralBatchNorm):
+class PCNorm(RunningStatsNorm):
     r"""PCNorm, phase-consistent normalization (Lee, Bae & Kim, 2023, arXiv:2303.02328) of (N, C, H, W) inputs.
 
     .. math::
@@ -153,18 +119,14 @@ class PCNorm(_SpectralBatchNorm):
     ) -> None:
         super().__init__()
         factory_kwargs = {"device": device, "dtype": dtype}
-        self._setup(num_features, eps, momentum, affine, track_running_stats, sync, process_group, factory_kwargs)
+        self._init_batch_norm(
+            num_features, eps, momentum, affine, track_running_stats, sync, process_group, factory_kwargs
+        )
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Running statistics reset; weight = 1, bias = 0."""
-        _channel.reset_running_stats(self)
-        _channel.reset_channel_affine(self)
 
     def forward(self, x: Tensor) -> Tensor:
         _channel.check_input(self, x, (4,), _channel.LAYOUT_2D)
-        update = self.training and self.running_mean is not None
-        momentum = _channel.momentum_factor(self) if update else 0.0
+        momentum = self._update_factor()
         return NF.pc_norm(
             x,
             self.running_mean,
@@ -179,7 +141,7 @@ class PCNorm(_SpectralBatchNorm):
         )
 
     def extra_repr(self) -> str:
-        return self._repr()
+        return _channel.batch_norm_repr(self)
 
 
 # --------------------------------------------------------------------------------------------------- CCNorm
@@ -200,7 +162,7 @@ class PCNorm(_SpectralBatchNorm):
     stateful=True,
     smooth=False,
 )
-class CCNorm(_SpectralBatchNorm):
+class CCNorm(RunningStatsNorm):
     r"""CCNorm, content-controlling normalization (Lee, Bae & Kim, 2023, arXiv:2303.02328) of (N, C, H, W) inputs.
 
     .. math::
@@ -254,21 +216,21 @@ class CCNorm(_SpectralBatchNorm):
     ) -> None:
         super().__init__()
         factory_kwargs = {"device": device, "dtype": dtype}
-        self._setup(num_features, eps, momentum, affine, track_running_stats, sync, process_group, factory_kwargs)
+        self._init_batch_norm(
+            num_features, eps, momentum, affine, track_running_stats, sync, process_group, factory_kwargs
+        )
         self.temperature = check_float("temperature", temperature, positive=True)
         self.mix_logit = nn.Parameter(torch.empty((), **factory_kwargs))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Running statistics reset; weight = 1, bias = 0, mix_logit = 0."""
-        _channel.reset_running_stats(self)
-        _channel.reset_channel_affine(self)
+        super().reset_parameters()
         nn.init.zeros_(self.mix_logit)
 
     def forward(self, x: Tensor) -> Tensor:
         _channel.check_input(self, x, (4,), _channel.LAYOUT_2D)
-        update = self.training and self.running_mean is not None
-        momentum = _channel.momentum_factor(self) if update else 0.0
+        momentum = self._update_factor()
         return NF.cc_norm(
             x,
             self.running_mean,
@@ -285,7 +247,7 @@ class CCNorm(_SpectralBatchNorm):
         )
 
     def extra_repr(self) -> str:
-        return self._repr() + f", temperature={self.temperature}"
+        return _channel.batch_norm_repr(self) + f", temperature={self.temperature}"
 
 
 # --------------------------------------------------------------------------------------------------- SCNorm
@@ -368,4 +330,4 @@ class SCNorm(nn.Module):
         return NF.sc_norm(x, self.mix_logit, self.weight, self.bias, self.eps, self.temperature)
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, affine={self.affine}, temperature={self.temperature}"
+        return _channel.options_repr(self, "eps", "affine", "temperature")

@@ -3,11 +3,20 @@ per-channel normalization by the mean square over (H, W), no mean subtraction, n
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from normact import functional as NF
-from normact._checks import check_channel_input, check_eps, check_int
+from normact.layers.norm._channel import (
+    LAYOUT_2D,
+    add_channel_affine,
+    check_input,
+    options_repr,
+    reset_channel_affine,
+)
+from normact.layers.norm._features import FeatureNorm
 from normact.registry import Paper, Param, register
 
 __all__ = ["FilterResponseNorm2d"]
@@ -21,30 +30,27 @@ FRN = Paper(
 
 _FORMULA = "y = weight * x / sqrt(nu2 + eps) + bias; nu2 = mean of x^2 over (H, W) per sample and channel"
 _AFFINE = (Param("weight", "(C,)", "1"), Param("bias", "(C,)", "0"))
+_FRN_ENTRY: dict[str, Any] = {"kind": "norm", "paper": FRN, "functional": NF.filter_response_norm}  # both entries
 
 
 @register(
     "frn_no_tlu",
-    kind="norm",
     verified_against=("timm.layers.filter_response_norm.FilterResponseNormAct2d",),
-    paper=FRN,
     formula=_FORMULA + " (no TLU)",
-    functional=NF.filter_response_norm,
     params=_AFFINE,
     defaults={"apply_act": False},
+    **_FRN_ENTRY,
 )
 @register(
     "frn",
-    kind="norm",
     verified_against=("timm.layers.filter_response_norm.FilterResponseNormTlu2d",),
-    paper=FRN,
     formula=_FORMULA + "; then the TLU z = max(y, tau), tau learned per channel",
-    functional=NF.filter_response_norm,
     params=(*_AFFINE, Param("tau", "(C,)", "0")),
     smooth=False,
     aliases=("frn_tlu",),
+    **_FRN_ENTRY,
 )
-class FilterResponseNorm2d(nn.Module):
+class FilterResponseNorm2d(FeatureNorm):
     r"""Filter Response Normalization (Singh & Krishnan, 2019, arXiv:1911.09737) with its TLU, on ``(N, C, H, W)``.
 
     .. math::
@@ -85,29 +91,20 @@ class FilterResponseNorm2d(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(num_features, eps)
         factory_kwargs = {"device": device, "dtype": dtype}
-        self.num_features = check_int("num_features", num_features)
-        self.eps = check_eps(eps)
         self.apply_act = bool(apply_act)
-        self.weight = nn.Parameter(torch.empty(self.num_features, **factory_kwargs))
-        self.bias = nn.Parameter(torch.empty(self.num_features, **factory_kwargs))
-        if self.apply_act:
-            self.tau = nn.Parameter(torch.empty(self.num_features, **factory_kwargs))
-        else:
-            self.register_parameter("tau", None)
+        add_channel_affine(self, self.num_features, True, factory_kwargs)
+        add_channel_affine(self, self.num_features, self.apply_act, factory_kwargs, ("tau",))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """weight = 1, bias = 0, tau = 0."""
-        nn.init.ones_(self.weight)
-        nn.init.zeros_(self.bias)
-        if self.tau is not None:
-            nn.init.zeros_(self.tau)
+        reset_channel_affine(self, biases=("bias", "tau"))
 
     def forward(self, x: Tensor) -> Tensor:
-        check_channel_input(x, type(self).__name__, self.num_features, ranks=(4,), layout="(N, {C}, H, W)")
+        check_input(self, x, (4,), LAYOUT_2D)
         return NF.filter_response_norm(x, self.weight, self.bias, self.tau, self.eps)
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, apply_act={self.apply_act}"
+        return options_repr(self, "eps", "apply_act")

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from normact import functional as NF
 from normact._checks import check_channel_input, check_float, check_int
+from normact.layers.norm._channel import options_repr
 from normact.registry import Paper, Param, register
 
 __all__ = ["GDN", "IGDN"]
@@ -35,6 +37,13 @@ _REPARAM = (
     "; stored beta, gamma are reparametrized: effective = max(stored, sqrt(min + offset^2))^2 - offset^2 "
     "(min = beta_min for beta, 0 for gamma; offset = 2^-18)"
 )
+# What every GDN registration shares: one functional form, the stored parameters, the bound's custom gradient.
+_GDN_ENTRY: dict[str, Any] = {
+    "kind": "norm",
+    "functional": NF.generalized_divisive_norm,
+    "params": _PARAMS,
+    "custom_backward": True,
+}
 # CompressAI's GDN keeps these constants as buffers of its NonNegativeParametrizer submodules.
 _COMPRESSAI_BUFFERS = {
     "beta_reparam.pedestal": lambda m: m.reparam_offset**2,
@@ -46,26 +55,20 @@ _COMPRESSAI_BUFFERS = {
 
 @register(
     "gdn",
-    kind="norm",
     verified_against=("compressai.layers.GDN",),
     paper=GDN_PAPER,
     formula="y_i = x_i / sqrt(beta_i + sum_j gamma_ij x_j^2) across channels at each position" + _REPARAM,
-    functional=NF.generalized_divisive_norm,
-    params=_PARAMS,
-    custom_backward=True,
+    **_GDN_ENTRY,
 )
 @register(
     "gdn_simplified",
-    kind="norm",
     verified_against=("compressai.layers.GDN1",),
     paper=GDN_SIMPLIFIED_PAPER,
     formula="y_i = x_i / (beta_i + sum_j gamma_ij |x_j|) across channels at each position" + _REPARAM,
-    functional=NF.generalized_divisive_norm,
-    params=_PARAMS,
     defaults={"simplified": True},
     aliases=("gdn1",),
     smooth=False,
-    custom_backward=True,
+    **_GDN_ENTRY,
 )
 class GDN(nn.Module):
     r"""Generalized Divisive Normalization (Ballé, Laparra & Simoncelli, 2015, arXiv:1511.06281).
@@ -170,22 +173,16 @@ class GDN(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, inverse={self.inverse}, simplified={self.simplified}, beta_min={self.beta_min}, "
-            f"gamma_init={self.gamma_init}, reparam_offset={self.reparam_offset}"
-        )
+        return options_repr(self, "inverse", "simplified", "beta_min", "gamma_init", "reparam_offset")
 
 
 @register(
     "igdn",
-    kind="norm",
     verified_against=("compressai.layers.GDN",),
     paper=GDN_PAPER,
     formula="y_i = x_i * sqrt(beta_i + sum_j gamma_ij x_j^2) across channels at each position" + _REPARAM,
-    functional=NF.generalized_divisive_norm,
-    params=_PARAMS,
     aliases=("inverse_gdn",),
-    custom_backward=True,
+    **_GDN_ENTRY,
 )
 class IGDN(GDN):
     r"""Inverse GDN (Ballé, Laparra & Simoncelli, 2015, arXiv:1511.06281): :class:`GDN` with ``inverse=True``.

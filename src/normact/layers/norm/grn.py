@@ -7,7 +7,9 @@ import torch
 from torch import Tensor, nn
 
 from normact import functional as NF
-from normact._checks import check_channel_input, check_eps, check_int
+from normact._checks import check_channel_input
+from normact.layers.norm._channel import add_channel_affine, options_repr
+from normact.layers.norm._features import FeatureNorm
 from normact.registry import Paper, Param, register
 
 __all__ = ["GlobalResponseNorm"]
@@ -31,7 +33,7 @@ CONVNEXT_V2 = Paper(
     params=(Param("weight", "(C,)", "0"), Param("bias", "(C,)", "0")),
     aliases=("global_response_norm",),
 )
-class GlobalResponseNorm(nn.Module):
+class GlobalResponseNorm(FeatureNorm):
     r"""Global Response Normalization (Woo, Debnath, Hu, Chen, Liu, Kweon & Xie, 2023, arXiv:2301.00808).
 
     .. math::
@@ -70,13 +72,10 @@ class GlobalResponseNorm(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(num_features, eps)
         factory_kwargs = {"device": device, "dtype": dtype}
-        self.num_features = check_int("num_features", num_features)
-        self.eps = check_eps(eps)
         self.channels_last = bool(channels_last)
-        self.weight = nn.Parameter(torch.empty(self.num_features, **factory_kwargs))
-        self.bias = nn.Parameter(torch.empty(self.num_features, **factory_kwargs))
+        add_channel_affine(self, self.num_features, True, factory_kwargs)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -96,4 +95,4 @@ class GlobalResponseNorm(nn.Module):
         return NF.global_response_norm(x, self.weight, self.bias, self.eps, self.channels_last)
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, channels_last={self.channels_last}"
+        return options_repr(self, "eps", "channels_last")

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from normact import functional as NF
-from normact._checks import (
-    check_channel_input,
-    check_eps,
-    check_int,
-    check_momentum,
-)
+from normact._checks import check_channel_input, check_int
+from normact.functional._norm_stats import require_momentum
 from normact.layers import papers
 from normact.layers.norm._channel import (
-    add_channel_affine,
     add_running_stats,
+    options_repr,
     reset_channel_affine,
     reset_running_stats,
 )
+from normact.layers.norm._features import FeatureNorm
+from normact.layers.norm.channel_sample import _ChannelSampleNorm
 from normact.registry import Param, register
 
 __all__ = ["GroupNorm", "InstanceNorm2d"]
@@ -35,7 +33,7 @@ __all__ = ["GroupNorm", "InstanceNorm2d"]
     params=(Param("weight", "(C,)", "1"), Param("bias", "(C,)", "0")),
     aliases=("gn",),
 )
-class GroupNorm(nn.Module):
+class GroupNorm(_ChannelSampleNorm):
     r"""Group normalization (Wu & He, 2018, arXiv:1803.08494).
 
     .. math::
@@ -67,20 +65,12 @@ class GroupNorm(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        factory_kwargs = {"device": device, "dtype": dtype}
-        self.num_channels = check_int("num_channels", num_channels)
-        self.num_groups = check_int("num_groups", num_groups)
-        if self.num_channels % self.num_groups:
-            raise ValueError(f"num_channels={self.num_channels} must be divisible by num_groups={self.num_groups}")
-        self.eps = check_eps(eps)
-        self.affine = bool(affine)
-        add_channel_affine(self, self.num_channels, self.affine, factory_kwargs)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """weight = 1, bias = 0."""
-        reset_channel_affine(self)
+        channels = check_int("num_channels", num_channels)  # the groups are checked against it before eps
+        groups = check_int("num_groups", num_groups)
+        if channels % groups:
+            raise ValueError(f"num_channels={channels} must be divisible by num_groups={groups}")
+        super().__init__(channels, eps, affine, device, dtype)
+        self.num_groups = groups
 
     def forward(self, x: Tensor) -> Tensor:
         check_channel_input(x, "GroupNorm", self.num_channels)
@@ -105,7 +95,7 @@ class GroupNorm(nn.Module):
     ),
     aliases=("in2d",),
 )
-class InstanceNorm2d(nn.Module):
+class InstanceNorm2d(FeatureNorm):
     r"""Instance normalization (Ulyanov, Vedaldi & Lempitsky, 2016, arXiv:1607.08022) of ``(N, C, H, W)`` input.
 
     .. math::
@@ -141,17 +131,11 @@ class InstanceNorm2d(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(num_features, eps)
         factory_kwargs = {"device": device, "dtype": dtype}
-        self.num_features = check_int("num_features", num_features)
-        self.eps = check_eps(eps)
-        momentum = check_momentum(momentum)
-        if momentum is None:
-            raise ValueError("InstanceNorm2d needs a momentum in [0, 1], got None")
-        self.momentum = momentum
-        self.affine = bool(affine)
+        self.momentum = require_momentum("InstanceNorm2d", momentum)
         self.track_running_stats = bool(track_running_stats)
-        add_channel_affine(self, self.num_features, self.affine, factory_kwargs)
+        self._add_affine(affine, factory_kwargs)
         add_running_stats(self, self.num_features, self.track_running_stats, factory_kwargs, count=False)
         self.reset_parameters()
 
@@ -174,7 +158,4 @@ class InstanceNorm2d(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-            f"track_running_stats={self.track_running_stats}"
-        )
+        return options_repr(self, "eps", "momentum", "affine", "track_running_stats")

@@ -7,11 +7,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from normact import functional as NF
-from normact._checks import check_eps, check_float, check_int, check_momentum
+from normact._checks import check_float, check_momentum
 from normact.layers.norm import _channel
+from normact.layers.norm._features import FeatureNorm
 from normact.layers.norm.layer import _AFFINE_PARAMS, _LastDimNorm
 from normact.registry import Paper, Param, register
 
@@ -113,7 +114,7 @@ class L1LayerNorm(_LastDimNorm):
     stateful=True,
     aliases=("l1bn",),
 )
-class L1BatchNorm(nn.Module):
+class L1BatchNorm(FeatureNorm):
     __doc__ = (
         r"""L1 batch normalization (Guo et al., 2024, arXiv:2411.10948; Wu et al., 2018, arXiv:1802.09769) of
     (N, C), (N, C, L) or (N, C, H, W) inputs.
@@ -162,17 +163,13 @@ class L1BatchNorm(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(num_features, eps)
         factory_kwargs = {"device": device, "dtype": dtype}
-        self.num_features = check_int("num_features", num_features)
-        self.eps = check_eps(eps)
         self.momentum = check_momentum(momentum)
-        self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
         self.scale = check_float("scale", scale, positive=True)
-        self.sync = bool(sync)
-        self.process_group = process_group
-        _channel.add_channel_affine(self, self.num_features, self.affine, factory_kwargs)
+        _channel.set_sync(self, sync, process_group)
+        self._add_affine(affine, factory_kwargs)
         track = self.track_running_stats
         _channel.add_running_stats(self, self.num_features, track, factory_kwargs, count=True, var_name="running_dev")
         self.reset_parameters()
@@ -204,7 +201,5 @@ class L1BatchNorm(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-            f"track_running_stats={self.track_running_stats}, scale={self.scale:.6g}" + _channel.sync_repr(self)
-        )
+        options = _channel.options_repr(self, "eps", "momentum", "affine", "track_running_stats")
+        return f"{options}, scale={self.scale:.6g}" + _channel.sync_repr(self)

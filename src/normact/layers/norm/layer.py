@@ -10,6 +10,8 @@ from torch import Tensor, nn
 from normact import functional as NF
 from normact._checks import check_eps, normalize_shape
 from normact.layers import papers
+from normact.layers.norm._channel import reset_channel_affine
+from normact.layers.norm._features import add_elementwise_affine
 from normact.registry import Param, register
 
 __all__ = ["LayerNorm", "RMSNorm", "RMSNormPaper"]
@@ -20,6 +22,7 @@ class _LastDimNorm(nn.Module):
 
     __constants__ = ["normalized_shape", "eps", "elementwise_affine"]
     normalized_shape: tuple[int, ...]
+    _has_bias_switch = True  # False for the norms without a ``bias`` argument (no ``bias=`` in the repr)
 
     def __init__(
         self,
@@ -37,34 +40,28 @@ class _LastDimNorm(nn.Module):
         self.normalized_shape = normalize_shape(normalized_shape)
         self.eps = check_eps(eps, allow_none=allow_none_eps)
         self.elementwise_affine = bool(elementwise_affine)
-        if self.elementwise_affine:
-            self.weight = nn.Parameter(torch.empty(self.normalized_shape, **factory_kwargs))
-            if bias:
-                self.bias = nn.Parameter(torch.empty(self.normalized_shape, **factory_kwargs))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        add_elementwise_affine(self, self.normalized_shape, self.elementwise_affine, bias, factory_kwargs)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """weight = 1, bias = 0."""
-        if self.weight is not None:
-            nn.init.ones_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        reset_channel_affine(self)
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
-            f"bias={self.bias is not None}"
-        )
+        text = f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+        if self._has_bias_switch:
+            text += f", bias={self.bias is not None}"
+        return text
 
 
 _AFFINE_PARAMS = (
     Param("weight", "normalized_shape", "1"),
     Param("bias", "normalized_shape", "0"),
+)
+# The paper's RMSNorm and its variants: a gain, and an offset only with bias=True (off by default).
+_GAIN_OPTIONAL_BIAS_PARAMS = (
+    Param("weight", "normalized_shape", "1"),
+    Param("bias", "normalized_shape", "0 (bias=True only)"),
 )
 
 
@@ -143,6 +140,8 @@ class RMSNorm(_LastDimNorm):
         Input ``(*, *normalized_shape)``; output the same shape.
     """
 
+    _has_bias_switch = False
+
     def __init__(
         self,
         normalized_shape: int | Sequence[int],
@@ -158,9 +157,6 @@ class RMSNorm(_LastDimNorm):
     def forward(self, x: Tensor) -> Tensor:
         return NF.rms_norm(x, self.normalized_shape, self.weight, self.eps)
 
-    def extra_repr(self) -> str:
-        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
-
 
 @register(
     "rmsnorm_paper",
@@ -168,10 +164,7 @@ class RMSNorm(_LastDimNorm):
     paper=papers.RMS_NORM,
     formula="y = x / (||x||_2 / sqrt(d) + eps) * weight (+ bias), over the last dims (eps outside the root)",
     functional=NF.rms_norm_paper,
-    params=(
-        Param("weight", "normalized_shape", "1"),
-        Param("bias", "normalized_shape", "0 (bias=True only)"),
-    ),
+    params=_GAIN_OPTIONAL_BIAS_PARAMS,
 )
 class RMSNormPaper(_LastDimNorm):
     r"""RMSNorm as defined by the paper's code (Zhang & Sennrich, 2019, arXiv:1910.07467).

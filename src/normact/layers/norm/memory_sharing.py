@@ -197,6 +197,8 @@ class MSRMSNorm(_MSNorm):
         Input ``(*, *normalized_shape)``; output the same shape.
     """
 
+    _has_bias_switch = False
+
     def __init__(
         self,
         normalized_shape: int | Sequence[int],
@@ -211,6 +213,3 @@ class MSRMSNorm(_MSNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         return NF.ms_rms_norm(x, self.normalized_shape, self.weight, self.eps)
-
-    def extra_repr(self) -> str:
-        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"

@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from normact import functional as NF
 from normact._checks import check_eps, check_float, check_int
 from normact.layers.norm import _channel
+from normact.layers.norm._running import RunningStatsNorm
 from normact.registry import Paper, Param, register
 
 __all__ = ["OnlineNorm"]
@@ -47,7 +48,7 @@ ONLINE_NORM = Paper(
     custom_backward=True,
     stateful=True,
 )
-class OnlineNorm(nn.Module):
+class OnlineNorm(RunningStatsNorm):
     r"""Online Normalization (Chiley, Sharapov, Kosson, Koster, Reece, Samaniego de la Fuente, Subbiah & James,
     2019, arXiv:1905.05894) of (N, C), (N, C, L) or (N, C, H, W) inputs.
 
@@ -141,8 +142,7 @@ class OnlineNorm(nn.Module):
         self.eps = check_eps(eps)
         self.affine = bool(affine)
         self.layer_scaling = bool(layer_scaling)
-        self.sync = bool(sync)
-        self.process_group = process_group
+        _channel.set_sync(self, sync, process_group)
         c = self.num_features
         _channel.add_channel_affine(self, c, self.affine, factory_kwargs)
         _channel.add_running_stats(self, c, True, factory_kwargs, count=False)
@@ -152,14 +152,13 @@ class OnlineNorm(nn.Module):
 
     def reset_running_stats(self) -> None:
         """Streams back to mean 0 and variance 1, accumulators to 0."""
-        _channel.reset_running_stats(self)
+        super().reset_running_stats()
         self.error_1.zero_()
         self.error_y.zero_()
 
     def reset_parameters(self) -> None:
         """Streams and accumulators reset; weight = 1, bias = 0."""
-        self.reset_running_stats()
-        _channel.reset_channel_affine(self)
+        super().reset_parameters()
 
     def forward(self, x: Tensor) -> Tensor:
         _channel.check_input(self, x, (2, 3, 4), _channel.LAYOUT_1D_2D)
@@ -181,7 +180,5 @@ class OnlineNorm(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, alpha_fwd={self.alpha_fwd}, alpha_bkw={self.alpha_bkw}, eps={self.eps}, "
-            f"affine={self.affine}, layer_scaling={self.layer_scaling}" + _channel.sync_repr(self)
-        )
+        options = ("alpha_fwd", "alpha_bkw", "eps", "affine", "layer_scaling")
+        return _channel.options_repr(self, *options) + _channel.sync_repr(self)

@@ -7,11 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from normact import functional as NF
 from normact._checks import check_channel_input, check_eps, check_float, check_int
 from normact.layers.norm import _channel
+from normact.layers.norm._running import RunningStatsNorm
 from normact.registry import Paper, Param, register
 
 __all__ = ["PowerNorm"]
@@ -48,7 +49,7 @@ POWER_NORM = Paper(
     stateful=True,
     custom_backward=True,
 )
-class PowerNorm(nn.Module):
+class PowerNorm(RunningStatsNorm):
     r"""Power Normalization (Shen, Yao, Gholami, Mahoney & Keutzer, 2020, arXiv:2003.07845) of (N, C) or
     (N, L, C) inputs, features last, with an optional padding mask: the official ``MaskPowerNorm``.
 
@@ -153,8 +154,7 @@ class PowerNorm(nn.Module):
             raise ValueError(f"group_num must divide num_features = {self.num_features}, got {group_num}")
         self.group_num = group_num
         self.approx_backward = bool(approx_backward)
-        self.sync = bool(sync)
-        self.process_group = process_group
+        _channel.set_sync(self, sync, process_group)
         _channel.add_channel_affine(self, self.num_features, self.affine, factory_kwargs)
         self.register_buffer("running_phi", torch.empty(self.num_features, **factory_kwargs))
         self.register_buffer("ema_gz", torch.empty(self.num_features, **factory_kwargs))
@@ -166,11 +166,6 @@ class PowerNorm(nn.Module):
         self.running_phi.fill_(1.0)
         self.ema_gz.zero_()
         self.iters.zero_()
-
-    def reset_parameters(self) -> None:
-        """Running statistics reset; weight = 1, bias = 0."""
-        self.reset_running_stats()
-        _channel.reset_channel_affine(self)
 
     def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> Tensor:
         check_channel_input(x, "PowerNorm", self.num_features, ranks=(2, 3), axis=-1, layout="(N, {C}) or (N, L, {C})")
@@ -199,8 +194,7 @@ class PowerNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"{self.num_features}, eps={self.eps}, alpha_fwd={self.alpha_fwd}, alpha_bkw={self.alpha_bkw}, "
-            f"affine={self.affine}, warmup_iters={self.warmup_iters}"
+            _channel.options_repr(self, "eps", "alpha_fwd", "alpha_bkw", "affine", "warmup_iters")
             + (f", group_num={self.group_num}" if self.group_num is not None else "")
             + ("" if self.approx_backward else ", approx_backward=False")
             + _channel.sync_repr(self)

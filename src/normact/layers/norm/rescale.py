@@ -8,8 +8,9 @@ import torch
 from torch import Tensor, nn
 
 from normact import functional as NF
-from normact._checks import check_channel_input, check_eps, check_int
+from normact._checks import check_channel_input
 from normact.layers.norm import _channel
+from normact.layers.norm._features import FeatureNorm
 from normact.registry import Paper, Param, register
 
 __all__ = ["RescaleNorm"]
@@ -37,7 +38,7 @@ DEHAZEFORMER = Paper("Vision Transformers for Single Image Dehazing", 2022, "220
         Param("rebias_bias", "(C,)", "0 (official meta2.bias)"),
     ),
 )
-class RescaleNorm(nn.Module):
+class RescaleNorm(FeatureNorm):
     r"""RescaleNorm, DehazeFormer's RLN "Revised LayerNorm" (Song, He, Qian & Du, 2022, arXiv:2204.03883) of
     (N, C, \*) inputs; returns a tuple ``(y, rescale, rebias)``.
 
@@ -84,18 +85,12 @@ class RescaleNorm(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        fk = {"device": device, "dtype": dtype}
-        self.num_features = check_int("num_features", num_features)
-        self.eps = check_eps(eps)
+        super().__init__(num_features, eps)
+        factory_kwargs = {"device": device, "dtype": dtype}
         self.detach_grad = bool(detach_grad)
-        self.affine = bool(affine)
-        c = self.num_features
-        _channel.add_channel_affine(self, c, self.affine, fk)
-        self.rescale_weight = nn.Parameter(torch.empty(c, **fk))
-        self.rescale_bias = nn.Parameter(torch.empty(c, **fk))
-        self.rebias_weight = nn.Parameter(torch.empty(c, **fk))
-        self.rebias_bias = nn.Parameter(torch.empty(c, **fk))
+        self._add_affine(affine, factory_kwargs)
+        meta_affines = ("rescale_weight", "rescale_bias", "rebias_weight", "rebias_bias")  # official meta1, meta2
+        _channel.add_channel_affine(self, self.num_features, True, factory_kwargs, meta_affines)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -121,6 +116,4 @@ class RescaleNorm(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, affine={self.affine}" + (
-            ", detach_grad=True" if self.detach_grad else ""
-        )
+        return _channel.options_repr(self, "eps", "affine") + (", detach_grad=True" if self.detach_grad else "")

@@ -13,8 +13,8 @@ from normact import functional as NF
 from normact._checks import check_eps, check_float, normalize_shape
 from normact.functional.rms_variants import check_p, partial_size
 from normact.layers import papers
-from normact.layers.norm.layer import _LastDimNorm
-from normact.registry import Paper, Param, register
+from normact.layers.norm.layer import _AFFINE_PARAMS, _GAIN_OPTIONAL_BIAS_PARAMS, _LastDimNorm
+from normact.registry import Paper, register
 
 __all__ = ["CRMSNorm", "FixNorm", "PartialRMSNorm", "SimpleRMSNorm"]
 
@@ -83,10 +83,7 @@ class SimpleRMSNorm(nn.Module):
         "(p = 6.25%), over the last dims (eps outside the root)"
     ),
     functional=NF.partial_rms_norm,
-    params=(
-        Param("weight", "normalized_shape", "1"),
-        Param("bias", "normalized_shape", "0 (bias=True only)"),
-    ),
+    params=_GAIN_OPTIONAL_BIAS_PARAMS,
 )
 class PartialRMSNorm(_LastDimNorm):
     r"""Partial RMSNorm, pRMSNorm (Zhang & Sennrich, "Root Mean Square Layer Normalization", 2019, arXiv:1910.07467).
@@ -146,10 +143,7 @@ class PartialRMSNorm(_LastDimNorm):
         "of the zero-mean (d+1)-vector (x, -sum x) compressed to its first d coordinates"
     ),
     functional=NF.crms_norm,
-    params=(
-        Param("weight", "normalized_shape", "1"),
-        Param("bias", "normalized_shape", "0"),
-    ),
+    params=_AFFINE_PARAMS,
 )
 class CRMSNorm(_LastDimNorm):
     r"""Compressed RMSNorm (Jiang, Gu, Zhu & Pan, "Pre-RMSNorm and Pre-CRMSNorm Transformers", 2023, arXiv:2305.14858).

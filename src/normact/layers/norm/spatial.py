@@ -15,8 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from normact import functional as NF
-from normact._checks import check_eps, check_float, check_int, check_momentum
+from normact._checks import check_float, check_int
 from normact.layers.norm import _channel
+from normact.layers.norm._running import RunningStatsNorm
 from normact.registry import Paper, Param, register
 
 __all__ = ["SPADE", "RegionNormB", "RegionNormL"]
@@ -60,6 +61,15 @@ def _reset_conv(weight: Tensor, bias: Tensor | None) -> None:
 
 # --------------------------------------------------------------------------------------------------- SPADE
 
+_SPADE_CONVS = (
+    Param("shared_weight", "(hidden, label_nc, k, k)", "torch Conv2d default (kaiming_uniform, a=sqrt(5))"),
+    Param("shared_bias", "(hidden,)", "torch Conv2d default U(-1/sqrt(fan_in), 1/sqrt(fan_in))"),
+    Param("gamma_weight", "(C, hidden, k, k)", "torch Conv2d default"),
+    Param("gamma_bias", "(C,)", "torch Conv2d default"),
+    Param("beta_weight", "(C, hidden, k, k)", "torch Conv2d default"),
+    Param("beta_bias", "(C,)", "torch Conv2d default"),
+)
+
 
 @register(
     "spade_instance",
@@ -73,14 +83,7 @@ def _reset_conv(weight: Tensor, bias: Tensor | None) -> None:
         "beta = conv_kxk(a) (hidden=128 channels, k=3, zero padding)"
     ),
     functional=NF.spade,
-    params=(
-        Param("shared_weight", "(hidden, label_nc, k, k)", "torch Conv2d default (kaiming_uniform, a=sqrt(5))"),
-        Param("shared_bias", "(hidden,)", "torch Conv2d default U(-1/sqrt(fan_in), 1/sqrt(fan_in))"),
-        Param("gamma_weight", "(C, hidden, k, k)", "torch Conv2d default"),
-        Param("gamma_bias", "(C,)", "torch Conv2d default"),
-        Param("beta_weight", "(C, hidden, k, k)", "torch Conv2d default"),
-        Param("beta_bias", "(C,)", "torch Conv2d default"),
-    ),
+    params=_SPADE_CONVS,
     defaults={"label_nc": 1, "param_free": "instance"},
 )
 @register(
@@ -96,12 +99,7 @@ def _reset_conv(weight: Tensor, bias: Tensor | None) -> None:
     ),
     functional=NF.spade,
     params=(
-        Param("shared_weight", "(hidden, label_nc, k, k)", "torch Conv2d default (kaiming_uniform, a=sqrt(5))"),
-        Param("shared_bias", "(hidden,)", "torch Conv2d default U(-1/sqrt(fan_in), 1/sqrt(fan_in))"),
-        Param("gamma_weight", "(C, hidden, k, k)", "torch Conv2d default"),
-        Param("gamma_bias", "(C,)", "torch Conv2d default"),
-        Param("beta_weight", "(C, hidden, k, k)", "torch Conv2d default"),
-        Param("beta_bias", "(C,)", "torch Conv2d default"),
+        *_SPADE_CONVS,
         Param("running_mean", "(C,)", "0 (param_free='batch', track_running_stats=True only)", buffer=True),
         Param("running_var", "(C,)", "1 (param_free='batch', track_running_stats=True only)", buffer=True),
         Param("num_batches_tracked", "()", "0 (param_free='batch', track_running_stats=True only)", buffer=True),
@@ -110,7 +108,7 @@ def _reset_conv(weight: Tensor, bias: Tensor | None) -> None:
     batch_dependent=True,
     stateful=True,
 )
-class SPADE(nn.Module):
+class SPADE(RunningStatsNorm):
     r"""SPADE, spatially-adaptive normalization (Park, Liu, Wang & Zhu, 2019, arXiv:1903.07291) of (N, C, H, W)
     inputs conditioned on a segmentation map.
 
@@ -183,11 +181,7 @@ class SPADE(nn.Module):
         if param_free not in _PARAM_FREE:
             raise ValueError(f"param_free must be one of {_PARAM_FREE}, got {param_free!r}")
         self.param_free = param_free
-        self.eps = check_eps(eps)
-        self.momentum = check_momentum(momentum)
-        self.track_running_stats = bool(track_running_stats)
-        self.sync = bool(sync)
-        self.process_group = process_group
+        _channel.set_batch_options(self, eps, momentum, sync, process_group, track_running_stats=track_running_stats)
         c, h, k = self.num_features, self.hidden, self.kernel_size
         self.shared_weight = _param((h, self.label_nc, k, k), fk)
         self.shared_bias = _param((h,), fk)
@@ -198,20 +192,16 @@ class SPADE(nn.Module):
         _channel.add_running_stats(self, c, param_free == "batch" and self.track_running_stats, fk, count=True)
         self.reset_parameters()
 
-    def reset_running_stats(self) -> None:
-        """running_mean = 0, running_var = 1, num_batches_tracked = 0 (when tracked)."""
-        _channel.reset_running_stats(self)
-
     def reset_parameters(self) -> None:
         """Running statistics reset; the convolutions get torch's default Conv2d initialization."""
-        _channel.reset_running_stats(self)
+        self.reset_running_stats()
         _reset_conv(self.shared_weight, self.shared_bias)
         _reset_conv(self.gamma_weight, self.gamma_bias)
         _reset_conv(self.beta_weight, self.beta_bias)
 
     def forward(self, x: Tensor, segmap: Tensor) -> Tensor:
         _channel.check_input(self, x, (4,), _channel.LAYOUT_2D)
-        factor = _channel.momentum_factor(self) if self.training and self.running_mean is not None else 0.0
+        factor = self._update_factor()
         return NF.spade(
             x,
             segmap,
@@ -232,14 +222,10 @@ class SPADE(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        out = (
-            f"{self.num_features}, label_nc={self.label_nc}, hidden={self.hidden}, kernel_size={self.kernel_size}, "
-            f"param_free={self.param_free!r}, eps={self.eps}"
-        )
-        if self.param_free == "batch":
-            out += f", momentum={self.momentum}, track_running_stats={self.track_running_stats}"
-            out += _channel.sync_repr(self)
-        return out
+        options = ("label_nc", "hidden", "kernel_size", "param_free", "eps")
+        if self.param_free != "batch":  # the instance normalization has no running statistics and no sync
+            return _channel.options_repr(self, *options)
+        return _channel.options_repr(self, *options, "momentum", "track_running_stats") + _channel.sync_repr(self)
 
 
 # ------------------------------------------------------------------------------------- Region Normalization
@@ -273,7 +259,7 @@ _REGION_STATS = (
     batch_dependent=True,
     stateful=True,
 )
-class RegionNormB(nn.Module):
+class RegionNormB(RunningStatsNorm):
     r"""Basic Region Normalization, RN-B (Yu, Guo, Jin, Wu, Chen, Li, Zhang & Liu, 2020, arXiv:1911.10375) of
     (N, C, H, W) inputs with a binary mask.
 
@@ -335,25 +321,13 @@ class RegionNormB(nn.Module):
         super().__init__()
         fk = {"device": device, "dtype": dtype}
         self.num_features = check_int("num_features", num_features)
-        self.eps = check_eps(eps)
-        self.momentum = check_momentum(momentum)
-        self.affine = bool(affine)
-        self.track_running_stats = bool(track_running_stats)
-        self.sync = bool(sync)
-        self.process_group = process_group
-        c = self.num_features
-        _channel.add_channel_affine(self, (2, c), self.affine, fk)
-        _channel.add_running_stats(self, (2, c), self.track_running_stats, fk, count=True, count_shape=(2,))
+        _channel.set_batch_options(
+            self, eps, momentum, sync, process_group, affine=affine, track_running_stats=track_running_stats
+        )
+        regions = (2, self.num_features)
+        _channel.add_channel_affine(self, regions, self.affine, fk)
+        _channel.add_running_stats(self, regions, self.track_running_stats, fk, count=True, count_shape=(2,))
         self.reset_parameters()
-
-    def reset_running_stats(self) -> None:
-        """running_mean = 0, running_var = 1, num_batches_tracked = 0 (when tracked)."""
-        _channel.reset_running_stats(self)
-
-    def reset_parameters(self) -> None:
-        """Running statistics reset; weight = 1, bias = 0."""
-        _channel.reset_running_stats(self)
-        _channel.reset_channel_affine(self)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         _channel.check_input(self, x, (4,), _channel.LAYOUT_2D)
@@ -373,10 +347,7 @@ class RegionNormB(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-            f"track_running_stats={self.track_running_stats}" + _channel.sync_repr(self)
-        )
+        return _channel.batch_norm_repr(self)
 
 
 @register(
@@ -402,7 +373,7 @@ class RegionNormB(nn.Module):
     stateful=True,
     smooth=False,
 )
-class RegionNormL(nn.Module):
+class RegionNormL(RunningStatsNorm):
     r"""Learnable Region Normalization, RN-L (Yu, Guo, Jin, Wu, Chen, Li, Zhang & Liu, 2020, arXiv:1911.10375)
     of (N, C, H, W) inputs: region normalization with a mask detected from the features.
 
@@ -461,11 +432,7 @@ class RegionNormL(nn.Module):
         self.num_features = check_int("num_features", num_features)
         self.kernel_size = _check_kernel(kernel_size)
         self.threshold = check_float("threshold", threshold)
-        self.eps = check_eps(eps)
-        self.momentum = check_momentum(momentum)
-        self.track_running_stats = bool(track_running_stats)
-        self.sync = bool(sync)
-        self.process_group = process_group
+        _channel.set_batch_options(self, eps, momentum, sync, process_group, track_running_stats=track_running_stats)
         k = self.kernel_size
         self.sa_weight = _param((1, 2, k, k), fk)
         self.gamma_weight = _param((1, 1, k, k), fk)
@@ -477,13 +444,9 @@ class RegionNormL(nn.Module):
         )
         self.reset_parameters()
 
-    def reset_running_stats(self) -> None:
-        """running_mean = 0, running_var = 1, num_batches_tracked = 0 (when tracked)."""
-        _channel.reset_running_stats(self)
-
     def reset_parameters(self) -> None:
         """Running statistics reset; the convolutions get torch's default Conv2d initialization."""
-        _channel.reset_running_stats(self)
+        self.reset_running_stats()
         _reset_conv(self.sa_weight, None)
         _reset_conv(self.gamma_weight, self.gamma_bias)
         _reset_conv(self.beta_weight, self.beta_bias)
@@ -509,7 +472,5 @@ class RegionNormL(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, kernel_size={self.kernel_size}, threshold={self.threshold}, eps={self.eps}, "
-            f"momentum={self.momentum}, track_running_stats={self.track_running_stats}" + _channel.sync_repr(self)
-        )
+        options = ("kernel_size", "threshold", "eps", "momentum", "track_running_stats")
+        return _channel.options_repr(self, *options) + _channel.sync_repr(self)

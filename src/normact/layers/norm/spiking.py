@@ -6,11 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from normact import functional as NF
-from normact._checks import check_eps, check_float, check_int, check_momentum
+from normact._checks import check_float, check_int
 from normact.layers.norm import _channel
+from normact.layers.norm._running import RunningStatsNorm
 from normact.registry import Paper, register
 
 __all__ = ["MPBNLIF"]
@@ -47,7 +48,7 @@ MPBN = Paper(
     custom_backward=True,
     stateful=True,
 )
-class MPBNLIF(nn.Module):
+class MPBNLIF(RunningStatsNorm):
     r"""MPBN, Membrane Potential Batch Normalization (Guo, Zhang, Chen, Peng, Liu, Zhang, Huang & Ma, 2023,
     arXiv:2308.08359): a LIF spiking neuron over T time steps whose membrane potential is batch-normalized
     (BN\ :sub:`2`) before the firing function.
@@ -130,24 +131,11 @@ class MPBNLIF(nn.Module):
         self.tau = check_float("tau", tau, low=0.0, high=1.0)
         self.v_th = check_float("v_th", v_th, positive=True)
         self.temp = check_float("temp", temp, positive=True)
-        self.eps = check_eps(eps)
-        self.momentum = check_momentum(momentum)
-        self.affine = bool(affine)
+        _channel.set_batch_options(self, eps, momentum, sync, process_group, affine=affine)
         self.batch_first = bool(batch_first)
-        self.sync = bool(sync)
-        self.process_group = process_group
         _channel.add_channel_affine(self, self.num_features, self.affine, factory_kwargs)
         _channel.add_running_stats(self, self.num_features, True, factory_kwargs, count=True)
         self.reset_parameters()
-
-    def reset_running_stats(self) -> None:
-        """running_mean = 0, running_var = 1, num_batches_tracked = 0."""
-        _channel.reset_running_stats(self)
-
-    def reset_parameters(self) -> None:
-        """Running statistics reset; weight = 1, bias = 0."""
-        self.reset_running_stats()
-        _channel.reset_channel_affine(self)
 
     def fold_threshold(self) -> tuple[Tensor, Tensor]:
         """The inference threshold per channel, ``(threshold, above)`` of shape (C,): with the running
@@ -179,7 +167,5 @@ class MPBNLIF(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, tau={self.tau}, v_th={self.v_th}, temp={self.temp}, eps={self.eps}, "
-            f"momentum={self.momentum}, affine={self.affine}, batch_first={self.batch_first}" + _channel.sync_repr(self)
-        )
+        options = ("tau", "v_th", "temp", "eps", "momentum", "affine", "batch_first")
+        return _channel.options_repr(self, *options) + _channel.sync_repr(self)

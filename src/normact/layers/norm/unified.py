@@ -9,11 +9,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from normact import functional as NF
 from normact._checks import check_channel_input, check_eps, check_float, check_int
 from normact.layers.norm import _channel
+from normact.layers.norm._running import RunningStatsNorm
 from normact.registry import Paper, Param, register
 
 __all__ = ["UnifiedNorm"]
@@ -68,7 +69,7 @@ def _window_sizes(window_size: object) -> tuple[int, int]:
     stateful=True,
     custom_backward=True,
 )
-class UnifiedNorm(nn.Module):
+class UnifiedNorm(RunningStatsNorm):
     r"""Unified Normalization (Yang, Zhang, Lan, et al., 2022, arXiv:2208.01313) of (N, C) or (N, L, C) inputs.
 
     Features last; a foldable (offline) replacement for LayerNorm in Transformers.
@@ -176,8 +177,7 @@ class UnifiedNorm(nn.Module):
         self.momentum = check_float("momentum", momentum, low=0.0, high=1.0)
         self.affine = bool(affine)
         self.gradient_compensation = bool(gradient_compensation)
-        self.sync = bool(sync)
-        self.process_group = process_group
+        _channel.set_sync(self, sync, process_group)
         c = self.num_features
         _channel.add_channel_affine(self, c, self.affine, factory_kwargs)
         self.register_buffer("running_var", torch.empty(c, **factory_kwargs))
@@ -197,11 +197,6 @@ class UnifiedNorm(nn.Module):
             self.ema_gz.zero_()
             self.num_batches_tracked.zero_()
             self.num_skipped.zero_()
-
-    def reset_parameters(self) -> None:
-        """Running statistics reset; weight = 1, bias = 0."""
-        self.reset_running_stats()
-        _channel.reset_channel_affine(self)
 
     def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> Tensor:
         check_channel_input(
@@ -229,10 +224,9 @@ class UnifiedNorm(nn.Module):
         )
 
     def extra_repr(self) -> str:
+        options = ("window_size", "warmup_iters", "outlier_filtration", "eps", "momentum", "affine")
         return (
-            f"{self.num_features}, window_size={self.window_size}, warmup_iters={self.warmup_iters}, "
-            f"outlier_filtration={self.outlier_filtration}, eps={self.eps}, momentum={self.momentum}, "
-            f"affine={self.affine}"
+            _channel.options_repr(self, *options)
             + ("" if self.gradient_compensation else ", gradient_compensation=False")
             + _channel.sync_repr(self)
         )

@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from normact import functional as NF
-from normact._checks import check_channel_input, check_eps, check_int, check_tensor, shape_str
+from normact._checks import check_eps, check_int, check_tensor, shape_str
 from normact.layers.norm import _channel
+from normact.layers.norm._features import FeatureNorm
 from normact.registry import Paper, Param, register
 
 __all__ = ["GroupWhitening", "GroupWhiteningColoring"]
@@ -24,6 +26,11 @@ GDWCT = Paper(
 
 _LAYOUT = "(N, {C}, L) or (N, {C}, H, W)"
 _DEFAULT_GROUPS = 8  # N_GROUP in the official configs/config.yaml
+
+
+def _empty_parameters(shapes: list[tuple[int, ...]] | list[int], factory_kwargs: dict[str, Any]) -> nn.ParameterList:
+    """Uninitialized parameters of the given shapes, in order."""
+    return nn.ParameterList([nn.Parameter(torch.empty(shape, **factory_kwargs)) for shape in shapes])
 
 
 def _groups(num_features: int, num_groups: int | None) -> int:
@@ -49,7 +56,7 @@ def _groups(num_features: int, num_groups: int | None) -> int:
     params=(*_channel.AFFINE_PARAMS,),
     verified_against=("torch.nn.functional.instance_norm",),
 )
-class GroupWhitening(nn.Module):
+class GroupWhitening(FeatureNorm):
     r"""Group-wise ZCA whitening, the exact whitening that GDWCT (Cho, Choi, Park, Shin & Choo, 2019,
     arXiv:1812.09912) approximates, of (N, C, L) or (N, C, H, W) feature maps.
 
@@ -95,13 +102,12 @@ class GroupWhitening(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
+        channels = check_int("num_features", num_features)  # the groups are checked against it before eps
+        groups = _groups(channels, num_groups)
+        super().__init__(channels, eps)
         factory_kwargs = {"device": device, "dtype": dtype}
-        self.num_features = check_int("num_features", num_features)
-        self.num_groups = _groups(self.num_features, num_groups)
-        self.eps = check_eps(eps)
-        self.affine = bool(affine)
-        _channel.add_channel_affine(self, self.num_features, self.affine, factory_kwargs)
+        self.num_groups = groups
+        self._add_affine(affine, factory_kwargs)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -109,11 +115,11 @@ class GroupWhitening(nn.Module):
         _channel.reset_channel_affine(self)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_channel_input(x, type(self).__name__, self.num_features, ranks=(3, 4), layout=_LAYOUT)
+        _channel.check_input(self, x, (3, 4), _LAYOUT)
         return NF.group_whitening(x, self.num_groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, num_groups={self.num_groups}, eps={self.eps}, affine={self.affine}"
+        return _channel.options_repr(self, "num_groups", "eps", "affine")
 
 
 # ----------------------------------------------------------------------------- whitening and coloring
@@ -224,14 +230,10 @@ class GroupWhiteningColoring(nn.Module):
         d, s, h = self.num_features // self.num_groups, self.style_dim, self.mlp_dim
         ct_shapes = [(h, s // self.num_groups), (h, h), (h, h), (h, h), (d * d, h)]
         mu_shapes = [(s, s), (s, s), (self.num_features, s)]
-        self.ct_weights = nn.ParameterList([nn.Parameter(torch.empty(shape, **factory_kwargs)) for shape in ct_shapes])
-        self.ct_biases = nn.ParameterList(
-            [nn.Parameter(torch.empty(shape[0], **factory_kwargs)) for shape in ct_shapes]
-        )
-        self.mu_weights = nn.ParameterList([nn.Parameter(torch.empty(shape, **factory_kwargs)) for shape in mu_shapes])
-        self.mu_biases = nn.ParameterList(
-            [nn.Parameter(torch.empty(shape[0], **factory_kwargs)) for shape in mu_shapes]
-        )
+        self.ct_weights = _empty_parameters(ct_shapes, factory_kwargs)
+        self.ct_biases = _empty_parameters([shape[0] for shape in ct_shapes], factory_kwargs)
+        self.mu_weights = _empty_parameters(mu_shapes, factory_kwargs)
+        self.mu_biases = _empty_parameters([shape[0] for shape in mu_shapes], factory_kwargs)
         if self.blend:
             self.alpha = nn.Parameter(torch.empty(1, **factory_kwargs))
         else:
@@ -248,8 +250,7 @@ class GroupWhiteningColoring(nn.Module):
             nn.init.constant_(self.alpha, 0.6)
 
     def _check(self, x: Tensor, style: Tensor) -> None:
-        name = type(self).__name__
-        check_channel_input(x, name, self.num_features, ranks=(3, 4), layout=_LAYOUT)
+        _channel.check_input(self, x, (3, 4), _LAYOUT)
         self._check_style(style, x.shape[0])
 
     def _check_style(self, style: Tensor, n: int | None) -> None:
@@ -282,7 +283,7 @@ class GroupWhiteningColoring(nn.Module):
         r"""The paper's whitening regularization of the content ``x``: the mean over samples, groups and
         entries of :math:`|\Sigma_g - I|`, :math:`\Sigma_g = \bar c_g \bar c_g^\top/(P - 1) + \epsilon I`
         (official ``cov_c`` and ``reg``; per sample here). Official loss weight: 0.001 (LAMBDA_W_REG)."""
-        check_channel_input(x, type(self).__name__, self.num_features, ranks=(3, 4), layout=_LAYOUT)
+        _channel.check_input(self, x, (3, 4), _LAYOUT)
         return NF.gdwct_whitening_regularizer(x, self.num_groups, self.eps)
 
     def coloring_regularizer(self, style: Tensor) -> Tensor:
