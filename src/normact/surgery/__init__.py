@@ -9,8 +9,11 @@ batch statistics to new data.
 - :mod:`normact.surgery.adapt`: :func:`recalibrate_batchnorm` (AdaBN), :func:`renormalize` (rescale / reshift),
   :func:`train_norm_affine_only`, :func:`calibrate_batchnorm` (alpha-BN), :func:`freeze_batchnorm`.
 
-Third-party model libraries (transformers, timm, torchvision) are matched by class names and duck typing, never
-imported here.
+All of them stand on one private core: the matcher (``_match``: what a module is, across torch, normact,
+transformers, timm and torchvision classes, matched by type, class names and duck typing, never imported here), the
+data-flow graph (``_graph``) and the rewrite transaction (``_rewrite``: edits by path, derived constructor
+arguments, carried weights, checks, undo on failure, and the reports' base class). ARCHITECTURE.md says how a new
+rewrite is written on it.
 """
 
 from normact.surgery.adapt import (

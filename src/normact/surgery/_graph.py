@@ -10,14 +10,15 @@ are kept opaque (one node per call).
 The queries rewrites need: :meth:`Graph.producer` (the single call that alone feeds a module),
 :meth:`Graph.readers` (who reads a module's output, seen through vector-preserving ops: reshapes that keep the
 last dimension, eval-mode dropout), :meth:`Graph.residual_terms` (the terms of a residual-stream value, through
-additions), :meth:`Graph.downstream`; and of the module tree: :func:`module_names`, :func:`alias_count`,
+additions), :meth:`Graph.downstream`; :func:`call_order` (the order in which a forward pass first calls
+modules); and of the module tree: :func:`module_paths`, :func:`module_names`, :func:`alias_count`,
 :func:`param_users` / :func:`shared_with` (tied parameters).
 """
 
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -499,6 +500,22 @@ def sequential_graph(model: nn.Module, failures: Iterable[str] = ()) -> Graph:
             for child in m.children():
                 prev = [graph.add("module", names.get(id(child), type(child).__name__), prev, child)]
     return graph
+
+
+def call_order(modules: Mapping[str, nn.Module], run: Callable[[], Any]) -> list[str]:
+    """The names of ``modules`` in the order in which ``run()`` (one forward pass) first calls them (modules it
+    does not call are absent)."""
+    order: list[str] = []
+    handles = [
+        m.register_forward_hook(lambda mod, a, o, n=name: None if n in order else order.append(n))
+        for name, m in modules.items()
+    ]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    return order
 
 
 def module_paths(model: nn.Module) -> tuple[dict[int, list[str]], dict[int, nn.Module]]:

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from normact.surgery._adabn import recalibrate_batchnorm
 from normact.surgery._feed import Forward, Moments, check_forward, modes, run_batches
+from normact.surgery._graph import call_order
 from normact.surgery._match import TORCH_NORMS_FIRST, TORCH_NORMS_LAST, channel_axis, select
 from normact.surgery._rewrite import Rewrite
 
@@ -243,17 +244,12 @@ def _renormalize_plan(model: nn.Module, targets: Any, mode: str) -> dict[str, tu
 
 def _forward_order(model: nn.Module, modules: Mapping[str, nn.Module], batch: Any, forward: Forward) -> list[str]:
     """The names of ``modules`` in the order one forward pass first calls them; ValueError for those it skips."""
-    order: list[str] = []
-    handles = [
-        m.register_forward_hook(lambda mod, a, o, n=name: None if n in order else order.append(n))
-        for name, m in modules.items()
-    ]
-    try:
+
+    def run() -> None:
         with modes(model):
             run_batches(model, [batch], forward)
-    finally:
-        for h in handles:
-            h.remove()
+
+    order = call_order(modules, run)
     missed = [n for n in modules if n not in order]
     if missed:
         raise ValueError(f"renormalize: the forward pass does not reach {', '.join(missed)}")
