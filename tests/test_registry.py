@@ -24,11 +24,12 @@ def test_at_least_the_first_layers_are_registered():
 
 
 def test_list_layers_by_kind():
-    norms, acts = normact.list_layers("norm"), normact.list_layers("act")
+    norms, acts, attention = normact.list_layers("norm"), normact.list_layers("act"), normact.list_layers("attention")
     assert "dyt" in norms and "dyt" not in acts
     assert "gelu" in acts and "gelu" not in norms
-    assert sorted(norms + acts) == normact.list_layers()
-    assert normact.list_layers("attention") == []
+    assert "softmax_attention" in attention and "softmax" in acts
+    assert sorted(norms + acts + attention) == normact.list_layers()
+    assert normact.list_layers("weight") == []
     with pytest.raises(ValueError, match="kind must be one of"):
         normact.list_layers("normalization")
 

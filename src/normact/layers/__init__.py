@@ -1,6 +1,6 @@
-"""The catalog of layers. Importing this package imports every family module under ``norm/`` and ``act/``
-(so each registers its layers with :mod:`normact.registry`) and re-exports the classes they list in
-``__all__``."""
+"""The catalog of layers. Importing this package imports every family module under ``norm/``, ``act/`` and
+``attention/`` (so each registers its layers with :mod:`normact.registry`) and re-exports the classes they list
+in ``__all__``."""
 
 import importlib as _importlib
 import pkgutil as _pkgutil
@@ -39,7 +39,7 @@ __all__ = [
     "Swish",
 ]
 
-for _package in ("norm", "act"):
+for _package in ("norm", "act", "attention"):
     for _info in _pkgutil.iter_modules(_importlib.import_module(f"{__name__}.{_package}").__path__):
         if _info.name.startswith("_"):
             continue
