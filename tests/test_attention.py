@@ -135,7 +135,7 @@ def test_qk_norm_gain_logit_bound_and_scale_invariance():
     q, k, v = _qkv(scale=30.0)
     out, weights = layer(q, k, v, need_weights=True)
     g = float(layer.gain.detach())
-    logits = torch.log(weights)  # log softmax = logits - logsumexp: the spread of a row is that of its logits
+    logits = torch.log(weights.detach())  # log softmax = logits - logsumexp: the spread of a row is that of its logits
     spread = logits.amax(-1) - logits.amin(-1)
     assert float(spread.max()) <= 2 * g + 1e-9
     factors = torch.rand(2, 2, 6, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 10 + 0.1
