@@ -33,6 +33,7 @@ from normact.surgery import (
     fold_norm_affine,
     recalibrate_batchnorm,
     swap,
+    use_attention,
 )
 
 __version__ = "0.1.0"
@@ -65,5 +66,6 @@ __all__ = [
     "resolve",
     "surgery",
     "swap",
+    "use_attention",
     *_layer_names,
 ]

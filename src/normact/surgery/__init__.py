@@ -8,6 +8,8 @@ batch statistics to new data.
   :func:`freeze_layernorm_scale` (LayerNorm with a frozen scale, for LN-free inference).
 - :mod:`normact.surgery.adapt`: :func:`recalibrate_batchnorm` (AdaBN), :func:`renormalize` (rescale / reshift),
   :func:`train_norm_affine_only`, :func:`calibrate_batchnorm` (alpha-BN), :func:`freeze_batchnorm`.
+- :mod:`normact.surgery.attention`: :func:`use_attention` (a transformers model's attention switched to any
+  registered attention normalizer through transformers' AttentionInterface).
 
 All of them stand on one private core: the matcher (``_match``: what a module is, across torch, normact,
 transformers, timm and torchvision classes, matched by type, class names and duck typing, never imported here), the
@@ -28,6 +30,7 @@ from normact.surgery.adapt import (
     uncalibrate_batchnorm,
     unfreeze_batchnorm,
 )
+from normact.surgery.attention import AttentionReport, use_attention
 from normact.surgery.fold import (
     ConversionReport,
     CRMSNormDecompress,
@@ -52,6 +55,7 @@ from normact.surgery.swap import (
 )
 
 __all__ = [
+    "AttentionReport",
     "CRMSNormDecompress",
     "ChannelStats",
     "ConversionReport",
@@ -80,4 +84,5 @@ __all__ = [
     "train_norm_affine_only",
     "uncalibrate_batchnorm",
     "unfreeze_batchnorm",
+    "use_attention",
 ]
