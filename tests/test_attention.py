@@ -4,6 +4,7 @@ paper's own checks."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -64,14 +65,18 @@ def test_a_masked_key_changes_nothing_and_an_empty_row_is_zero(name):
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_half_precision_large_queries_stay_finite_and_close(name, dtype):
-    """|q|, |k| ~ 300: scores of 1e5 overflow float16 unless computed in float32."""
+    """|q|, |k| ~ 300: scores of 1e5 overflow float16 unless computed in float32. Outputs that themselves leave the
+    dtype's range (unnormalized weights, e.g. ReLU attention) are exempt from the finiteness check."""
     layer = _layer(name)
     q, k, v = _qkv(scale=300.0)
-    ref = layer(q, k, v, causal=True)
-    low = _layer(name, dtype)
+    ref = layer(q, k, v, causal=True).detach()
+    low = copy.deepcopy(layer).to(dtype) if any(True for _ in layer.parameters()) else _layer(name, dtype)
     ql, kl, vl = (t.to(dtype).requires_grad_(True) for t in (q, k, v))
     out = low(ql, kl, vl, causal=True)
-    assert out.dtype == dtype and torch.isfinite(out).all(), (name, dtype)
+    assert out.dtype == dtype, (name, dtype)
+    if float(ref.abs().max()) > torch.finfo(dtype).max / 4:
+        pytest.skip(f"{name}: the exact output reaches {float(ref.abs().max()):.3g}, beyond {dtype}'s range")
+    assert torch.isfinite(out).all(), (name, dtype)
     out.float().sum().backward()
     assert all(torch.isfinite(t.grad).all() for t in (ql, kl, vl))
     tol = {torch.float32: 1e-4, torch.float16: 5e-2, torch.bfloat16: 2e-1}[dtype]
