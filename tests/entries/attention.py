@@ -49,8 +49,9 @@ def _keep(b, h, t, s, mask):
     return keep
 
 
-def _row_softmax(scores, keep):
-    """softmax over the kept entries of each row; a row with none gives zeros."""
+def _rows(scores, keep, row_fn):
+    """weights: ``row_fn(kept scores of a row, batch index, head index)`` written into the kept entries, zeros
+    elsewhere (a row with no kept entry stays zero)."""
     out = torch.zeros_like(scores)
     b, h, t, _ = scores.shape
     for i in range(b):
@@ -58,10 +59,18 @@ def _row_softmax(scores, keep):
             for r in range(t):
                 sel = keep[i, j, r]
                 if sel.any():
-                    z = scores[i, j, r][sel]
-                    e = torch.exp(z - z.max())
-                    out[i, j, r][sel] = e / e.sum()
+                    out[i, j, r][sel] = row_fn(scores[i, j, r][sel], i, j)
     return out
+
+
+def _softmax_row(z, i=None, j=None):
+    e = torch.exp(z - z.max())
+    return e / e.sum()
+
+
+def _row_softmax(scores, keep):
+    """softmax over the kept entries of each row; a row with none gives zeros."""
+    return _rows(scores, keep, _softmax_row)
 
 
 def ref_softmax_attention(x, p, hp, *, k, v, mask=None):

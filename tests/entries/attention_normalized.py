@@ -10,22 +10,9 @@ import torch
 
 import normact.functional as NF
 from normact.testing import Case, LayerEntry
-from tests.entries.attention import CASES, QKV, _keep, kv
+from tests.entries.attention import CASES, QKV, _keep, _rows, kv
 
 LLN_A, LLN_B = 0.14855178144710912, -0.35487039130661086  # the authors' fit (lln/lln_attention.py)
-
-
-def _rows(scores, keep, row_fn):
-    """weights: ``row_fn(kept scores of a row)`` written into the kept entries, zeros elsewhere."""
-    out = torch.zeros_like(scores)
-    b, h, t, _ = scores.shape
-    for i in range(b):
-        for j in range(h):
-            for r in range(t):
-                sel = keep[i, j, r]
-                if sel.any():
-                    out[i, j, r][sel] = row_fn(scores[i, j, r][sel], i, j)
-    return out
 
 
 def ref_normalized_attention(x, p, hp, *, k, v, mask=None):
