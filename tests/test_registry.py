@@ -25,10 +25,11 @@ def test_at_least_the_first_layers_are_registered():
 
 def test_list_layers_by_kind():
     norms, acts, attention = normact.list_layers("norm"), normact.list_layers("act"), normact.list_layers("attention")
+    blocks = normact.list_layers("block")
     assert "dyt" in norms and "dyt" not in acts
     assert "gelu" in acts and "gelu" not in norms
-    assert "softmax_attention" in attention and "softmax" in acts
-    assert sorted(norms + acts + attention) == normact.list_layers()
+    assert "softmax_attention" in attention and "softmax" in acts and "pre_ln_block" in blocks
+    assert sorted(norms + acts + attention + blocks) == normact.list_layers()
     assert normact.list_layers("weight") == []
     with pytest.raises(ValueError, match="kind must be one of"):
         normact.list_layers("normalization")

@@ -39,7 +39,7 @@ __all__ = [
     "Swish",
 ]
 
-for _package in ("norm", "act", "attention"):
+for _package in ("norm", "act", "attention", "block"):
     for _info in _pkgutil.iter_modules(_importlib.import_module(f"{__name__}.{_package}").__path__):
         if _info.name.startswith("_"):
             continue

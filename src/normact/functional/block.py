@@ -1,0 +1,147 @@
+r"""Transformer residual blocks, stateless: the pieces :class:`normact.layers.block.TransformerBlock` is made of.
+
+A block is two residual sub-layers (attention, then the feed-forward network), each
+
+.. math::
+    y = \mathrm{Post}\big(\alpha\, x + \mathrm{Out}(F(s \cdot \mathrm{Pre}(x)))\big)
+
+where every norm is optional (the identity when ``None``) and :math:`\alpha`, :math:`s` are constants; the
+placements (Pre-LN, Post-LN, Peri-LN, DeepNorm, LayerNorm Scaling, NormFormer) choose which norms are present
+and the constants (see :func:`residual_branch`). Norms, activations and attention normalizers are passed as
+callables (modules or functions), so any layer of the registry fits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from normact.functional.attention import softmax_attention
+
+__all__ = ["feed_forward", "multi_head_attention", "residual_branch", "transformer_block"]
+
+Norm = Callable[[Tensor], Tensor] | None
+"""A norm applied to the last dimension, or ``None`` for none (the identity)."""
+
+Norms = tuple[Norm, Norm, Norm]
+"""The ``(pre, out, post)`` norms of one residual sub-layer."""
+
+
+def residual_branch(
+    x: Tensor,
+    branch: Callable[[Tensor], Tensor],
+    pre_norm: Norm = None,
+    out_norm: Norm = None,
+    post_norm: Norm = None,
+    alpha: float = 1.0,
+    scale: float = 1.0,
+) -> Tensor:
+    r"""One residual sub-layer: :math:`y = \mathrm{Post}(\alpha x + \mathrm{Out}(F(s\,\mathrm{Pre}(x))))`.
+
+    - Pre-LN (Xiong et al., 2020): ``pre_norm`` only, :math:`x + F(\mathrm{LN}(x))`;
+    - Post-LN (Vaswani et al., 2017): ``post_norm`` only, :math:`\mathrm{LN}(x + F(x))`;
+    - DeepNorm (Wang et al., 2022): ``post_norm`` and ``alpha``, :math:`\mathrm{LN}(\alpha x + F(x))`;
+    - Peri-LN / sandwich (Kim et al., 2025; Pangu Ultra): ``pre_norm`` and ``out_norm``,
+      :math:`x + \mathrm{LN}(F(\mathrm{LN}(x)))`;
+    - LayerNorm Scaling (Sun et al., 2025): ``pre_norm`` and ``scale`` = :math:`1/\sqrt{\ell}`,
+      :math:`x + F(\mathrm{LN}(x)/\sqrt{\ell})`.
+    """
+    h = x if pre_norm is None else pre_norm(x)
+    if scale != 1.0:
+        h = h * scale
+    h = branch(h)
+    if out_norm is not None:
+        h = out_norm(h)
+    y = x + h if alpha == 1.0 else x * alpha + h
+    return y if post_norm is None else post_norm(y)
+
+
+def multi_head_attention(
+    x: Tensor,
+    q_weight: Tensor,
+    k_weight: Tensor,
+    v_weight: Tensor,
+    out_weight: Tensor,
+    heads: int,
+    q_bias: Tensor | None = None,
+    v_bias: Tensor | None = None,
+    out_bias: Tensor | None = None,
+    normalizer: Callable[..., Tensor | tuple[Tensor, Tensor]] | None = None,
+    causal: bool = False,
+    mask: Tensor | None = None,
+    head_scale: Tensor | None = None,
+    need_weights: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    r"""Multi-head self-attention of ``x`` (B, T, D) around any attention normalizer:
+
+    .. math::
+        \mathrm{MHA}(x) = \mathrm{Concat}(\gamma_1 h_1, \dots, \gamma_H h_H)\, W_O^\top + b_O,\quad
+        h_i = \mathrm{Attn}(x W_{Q,i}^\top + b_{Q,i},\ x W_{K,i}^\top,\ x W_{V,i}^\top + b_{V,i})
+
+    ``normalizer(q, k, v, *, causal, mask, need_weights)`` over (B, H, T, D/H) tensors (an attention module of the
+    registry; default softmax); ``mask`` a boolean (B, T) padding mask of the keys to attend (True = attend) or
+    any mask the normalizer accepts; ``head_scale`` the per-head :math:`\gamma_i` (NormFormer's HeadScale, applied
+    before :math:`W_O` as in the paper). The keys have no bias: a key bias only shifts each query's scores by a
+    constant, which softmax ignores. Returns (B, T, D), or ``(output, weights)`` with ``need_weights``.
+    """
+    b, t, _ = x.shape
+    q = F.linear(x, q_weight, q_bias).view(b, t, heads, -1).transpose(1, 2)
+    k = F.linear(x, k_weight).view(b, t, heads, -1).transpose(1, 2)
+    v = F.linear(x, v_weight, v_bias).view(b, t, heads, -1).transpose(1, 2)
+    if normalizer is None:
+        out = softmax_attention(q, k, v, causal, mask, None, need_weights)
+    else:
+        out = normalizer(q, k, v, causal=causal, mask=mask, need_weights=need_weights)
+    weights = None
+    if need_weights:
+        out, weights = out
+    if head_scale is not None:
+        out = out * head_scale.view(1, -1, 1, 1)
+    y = F.linear(out.transpose(1, 2).reshape(b, t, -1), out_weight, out_bias)
+    return (y, weights) if need_weights else y
+
+
+def feed_forward(
+    x: Tensor,
+    fc1_weight: Tensor,
+    fc2_weight: Tensor,
+    act: Callable[[Tensor], Tensor],
+    fc1_bias: Tensor | None = None,
+    fc2_bias: Tensor | None = None,
+    mid_norm: Norm = None,
+) -> Tensor:
+    r"""The position-wise feed-forward network :math:`\mathrm{FC}_2(\mathrm{Mid}(g(\mathrm{FC}_1(x))))`, with
+    ``mid_norm`` NormFormer's FFN LayerNorm (over the hidden width) or ``None``. A gated activation ``act``
+    (SwiGLU, GeGLU) takes ``fc1``'s output of twice the hidden width and halves it."""
+    h = act(F.linear(x, fc1_weight, fc1_bias))
+    if mid_norm is not None:
+        h = mid_norm(h)
+    return F.linear(h, fc2_weight, fc2_bias)
+
+
+def transformer_block(
+    x: Tensor,
+    attention: Callable[[Tensor], Tensor],
+    mlp: Callable[[Tensor], Tensor],
+    attn_norms: Norms = (None, None, None),
+    mlp_norms: Norms = (None, None, None),
+    alpha: float = 1.0,
+    scale: float = 1.0,
+    embedding_norm: Norm = None,
+    final_norm: Norm = None,
+) -> Tensor:
+    r"""A transformer block: :func:`residual_branch` around ``attention``, then around ``mlp``,
+
+    .. math::
+        h = \mathrm{Post}_a(\alpha x + \mathrm{Out}_a(\mathrm{Attn}(s\,\mathrm{Pre}_a(x)))),\quad
+        y = \mathrm{Post}_m(\alpha h + \mathrm{Out}_m(\mathrm{MLP}(s\,\mathrm{Pre}_m(h))))
+
+    with the ``(pre, out, post)`` norms of each sub-layer, optionally an ``embedding_norm`` applied to ``x`` first
+    (Peri-LN normalizes the embeddings) and a ``final_norm`` applied to ``y`` (Pre-LN's last norm)."""
+    if embedding_norm is not None:
+        x = embedding_norm(x)
+    h = residual_branch(x, attention, *attn_norms, alpha=alpha, scale=scale)
+    y = residual_branch(h, mlp, *mlp_norms, alpha=alpha, scale=scale)
+    return y if final_norm is None else final_norm(y)
