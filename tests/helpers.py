@@ -59,3 +59,14 @@ def zoo_model_or_skip(name: str):
         return load_model(name)
     except ModelUnavailableError as e:
         pytest.skip(str(e))
+
+
+def random_qkv(b=2, h=2, t=6, s=None, d=8, dv=None, seed=0, dtype=torch.float64, scale=1.0):
+    """Seeded q (b, h, t, d), k (b, h, s, d) ~ scale * N(0, 1) and v (b, h, s, dv) ~ N(0, 1), drawn in float64 and
+    cast to ``dtype`` (s defaults to t, dv to d): the inputs of the attention tests."""
+    g = torch.Generator().manual_seed(seed)
+    s, dv = s or t, dv or d
+    q = torch.randn(b, h, t, d, generator=g, dtype=torch.float64) * scale
+    k = torch.randn(b, h, s, d, generator=g, dtype=torch.float64) * scale
+    v = torch.randn(b, h, s, dv, generator=g, dtype=torch.float64)
+    return q.to(dtype), k.to(dtype), v.to(dtype)

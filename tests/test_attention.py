@@ -13,17 +13,12 @@ import torch.nn.functional as F
 
 import normact
 import normact.functional as NF
+from tests.helpers import random_qkv
 
 NAMES = normact.list_layers("attention")
 
 
-def _qkv(b=2, h=2, t=6, s=None, d=8, dv=None, seed=0, dtype=torch.float64, scale=1.0):
-    g = torch.Generator().manual_seed(seed)
-    s, dv = s or t, dv or d
-    q = torch.randn(b, h, t, d, generator=g, dtype=torch.float64) * scale
-    k = torch.randn(b, h, s, d, generator=g, dtype=torch.float64) * scale
-    v = torch.randn(b, h, s, dv, generator=g, dtype=torch.float64)
-    return q.to(dtype), k.to(dtype), v.to(dtype)
+_qkv = random_qkv
 
 
 def _layer(name, dtype=torch.float64):

@@ -6,6 +6,7 @@ features ignore constant shifts, and its recurrence is S_t = Diag(F_t) S_{t-1} +
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import pytest
@@ -14,17 +15,12 @@ import torch.nn.functional as F
 
 import normact
 import normact.functional as NF
+from tests.helpers import random_qkv
 
 GATED = ("nala_attention", "regla_attention")
 
 
-def _qkv(b=2, h=3, t=7, s=None, d=5, dv=None, seed=0, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    s, dv = s or t, dv or d
-    q = torch.randn(b, h, t, d, generator=g, dtype=torch.float64)
-    k = torch.randn(b, h, s, d, generator=g, dtype=torch.float64)
-    v = torch.randn(b, h, s, dv, generator=g, dtype=torch.float64)
-    return q.to(dtype), k.to(dtype), v.to(dtype)
+_qkv = partial(random_qkv, h=3, t=7, d=5)
 
 
 def _padding(b, s):

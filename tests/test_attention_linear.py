@@ -5,6 +5,7 @@ the normalized inputs, TransNormerLLM's decayed recurrence and SRMSNorm identiti
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -12,17 +13,12 @@ import torch.nn.functional as F
 
 import normact
 import normact.functional as NF
+from tests.helpers import random_qkv
 
 LINEAR = ("galerkin_attention", "fourier_attention", "norm_linear_attention")
 
 
-def _qkv(b=2, h=4, t=7, s=None, d=6, dv=None, seed=0, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    s, dv = s or t, dv or d
-    q = torch.randn(b, h, t, d, generator=g, dtype=torch.float64)
-    k = torch.randn(b, h, s, d, generator=g, dtype=torch.float64)
-    v = torch.randn(b, h, s, dv, generator=g, dtype=torch.float64)
-    return q.to(dtype), k.to(dtype), v.to(dtype)
+_qkv = partial(random_qkv, h=4, t=7, d=6)
 
 
 def _padding(b, s):

@@ -14,15 +14,9 @@ import torch.nn.functional as F
 import normact
 import normact.functional as NF
 from normact.functional.attention_normalized import LLN_FIT_A, LLN_FIT_B, lln_feature_scales
+from tests.helpers import random_qkv
 
-
-def _qkv(b=2, h=2, t=6, s=None, d=8, dv=None, seed=0, scale=1.0):
-    g = torch.Generator().manual_seed(seed)
-    s, dv = s or t, dv or d
-    q = torch.randn(b, h, t, d, generator=g, dtype=torch.float64) * scale
-    k = torch.randn(b, h, s, d, generator=g, dtype=torch.float64) * scale
-    v = torch.randn(b, h, s, dv, generator=g, dtype=torch.float64)
-    return q, k, v
+_qkv = random_qkv
 
 
 # ------------------------------------------------------------------------------------------------ normalized
