@@ -38,9 +38,12 @@ def softmax_attention(
     :math:`\sigma` = ``scale`` (default :math:`1/\sqrt{D}`), through ``scaled_dot_product_attention``."""
     check_qkv(q, k, v, "softmax_attention")
     scale = default_scale(q, scale, "softmax_attention")
+    fused = not return_weights and q.dtype != torch.float64
+    if fused and causal and mask is None and k.shape[2] > 0:  # SDPA's own causal path (top-left, as here)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     keep = attention_keep_mask(q, k, causal, mask, "softmax_attention")
     empty = None if keep is None else ~keep.any(-1, keepdim=True)  # rows without a key
-    if return_weights or q.dtype == torch.float64:  # float64: the explicit form, twice differentiable
+    if not fused:  # the weights, or float64: the explicit form, twice differentiable
         scores = score_matrix(q, k, scale)
         if keep is not None:
             scores = scores.masked_fill(~keep, float("-inf")).masked_fill(empty, 0.0)
