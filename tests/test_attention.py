@@ -162,3 +162,21 @@ def test_sigmoid_attention_weights_are_one_over_n_plus_one_at_zero_scores():
 def test_attention_layers_are_in_the_registry_with_their_kind(name):
     info = normact.info(name)
     assert info.kind == "attention" and info.paper.arxiv and info.functional.__name__ in dir(NF)
+
+
+@pytest.mark.parametrize("name", ["softmax_attention", "sigmoid_attention", "galerkin_attention"])
+def test_probe_reads_the_weights_of_a_normalizer_inside_a_block(name):
+    """force_attention_weights makes a normalizer return its weights to the probe (per-head entropy) while the
+    block still gets the output alone (softmax then runs its explicit form instead of SDPA: equal up to
+    rounding); without it nothing is forced."""
+    torch.manual_seed(0)
+    block = normact.TransformerBlock(16, 2, attention=name, causal=True).eval()
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        ref = block(x)
+    for force in (True, False):
+        with normact.probe(block, modules="attention", force_attention_weights=force) as p, torch.no_grad():
+            out = block(x)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)  # the weights path may differ from SDPA's kernel
+        record = p.report().records.get("attn.normalizer")
+        assert (record is not None and record.entropy is not None) is force, (name, force)

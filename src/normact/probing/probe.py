@@ -27,8 +27,9 @@ The default is every normalization layer, activation, attention module and resid
 - **attention**: registered attention layers, ``torch.nn.MultiheadAttention`` and classes named ``*Attention``;
   when the module returns attention weights (an extra output ``(B, H, T, S)``, or ``(B, T, S)`` averaged over
   heads), the per-head entropy is accumulated, by the innermost of nested attention modules (with
-  ``force_attention_weights=True``, MultiheadAttention is made to compute per-head weights and still returns what
-  its caller asked for; transformers models return weights under eager attention with ``output_attentions=True``).
+  ``force_attention_weights=True``, MultiheadAttention and normact's attention normalizers are made to compute
+  per-head weights and still return what their caller asked for; transformers models return weights under
+  eager attention with ``output_attentions=True``).
 - **block** (residual blocks): registered blocks, ``torch.nn.TransformerEncoderLayer``/``DecoderLayer`` and
   modules found at the first forward: user classes with weights (besides their norms': a norm wrapped in a layout
   adapter is not a block) whose output has the shape of one of their floating tensor arguments (the first such is
@@ -87,6 +88,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from normact.layers.attention._base import AttentionNormalizer
 from normact.probing._staging import _Group, _one_thread
 from normact.probing.accumulators import (
     STAT_GROUPS,
@@ -362,7 +364,7 @@ class Probe:
         self._root_handle: Any = None
         self._end_handle: Any = None
         self._groups: dict[tuple[Any, ...], _Group] = {}  # same-shape samples staged until the forward ends
-        self._mha_requests: dict[int, list[tuple[bool, bool]]] = {}
+        self._mha_requests: dict[int, list[tuple[bool, bool | None]]] = {}
         # the last folded output: (weak reference, version, channel axis, sampled view shape, then its staging group,
         # slot and group generation, or None, its reductions and 0), so that a module returning its child's output
         # unchanged reuses them
@@ -417,6 +419,9 @@ class Probe:
                 if t.kind == "attention":
                     if self.force_attention_weights and isinstance(t.module, nn.MultiheadAttention):
                         t.handles.append(t.module.register_forward_pre_hook(self._mha_pre_hook, with_kwargs=True))
+                    elif self.force_attention_weights and isinstance(t.module, AttentionNormalizer):
+                        hook = self._normalizer_pre_hook
+                        t.handles.append(t.module.register_forward_pre_hook(hook, with_kwargs=True))
                     t.handles.append(t.module.register_forward_hook(self._attention_hook(t)))
                 elif t.kind == "block":
                     t.handles.append(t.module.register_forward_hook(self._block_hook(t), with_kwargs=True))
@@ -637,6 +642,8 @@ class Probe:
             if request is not None:  # give the caller the weights it asked for
                 need, average = request
                 out, weights = output[0], output[1]
+                if average is None:  # a normact attention normalizer: its output alone unless asked
+                    return (out, weights) if need else out
                 if not need:
                     weights = None
                 elif average and weights is not None and weights.dim() >= 3:
@@ -654,6 +661,12 @@ class Probe:
         bound.arguments["need_weights"] = True
         bound.arguments["average_attn_weights"] = False
         return bound.args, bound.kwargs
+
+    def _normalizer_pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """normact's attention normalizers: ask for the weights (``need_weights=True``), remember whether the caller
+        did."""
+        self._mha_requests.setdefault(id(module), []).append((bool(kwargs.get("need_weights", False)), None))
+        return args, {**kwargs, "need_weights": True}
 
     def _finalize_blocks(self) -> None:
         """Settle which candidate modules are residual blocks, once a forward pass has shown their shapes."""
