@@ -6,6 +6,7 @@ registered block against a float64 reference."""
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -99,19 +100,19 @@ def test_deepnorm_xavier_gain_beta_on_value_output_and_ffn_only():
         return gain * math.sqrt(2.0 / (fan_in + fan_out))
 
     for w, gain in [
-        (m.attn.q_weight, 1.0),
-        (m.attn.k_weight, 1.0),
-        (m.attn.v_weight, beta),
-        (m.attn.out_weight, beta),
-        (m.fc1_weight, beta),
-        (m.fc2_weight, beta),
+        (m.attn.q_proj.weight, 1.0),
+        (m.attn.k_proj.weight, 1.0),
+        (m.attn.v_proj.weight, beta),
+        (m.attn.out_proj.weight, beta),
+        (m.mlp.fc1.weight, beta),
+        (m.mlp.fc2.weight, beta),
     ]:
         assert w.std().item() == pytest.approx(xavier_std(w, gain), rel=0.02)
         assert abs(w.mean().item()) < 0.02 * xavier_std(w, gain) * 10
     # reset_parameters restores the same draws
     state = {k: v.clone() for k, v in m.state_dict().items()}
     with torch.no_grad():
-        m.attn.v_weight.add_(1.0)
+        m.attn.v_proj.weight.add_(1.0)
     torch.manual_seed(0)
     m.reset_parameters()
     assert all(torch.equal(v, m.state_dict()[k]) for k, v in state.items())
@@ -123,7 +124,7 @@ def test_deepnorm_xavier_gain_beta_on_value_output_and_ffn_only():
 
 def zero_branches(m):
     with torch.no_grad():
-        for p in (m.attn.out_weight, m.attn.out_bias, m.fc2_weight, m.fc2_bias):
+        for p in (m.attn.out_proj.weight, m.attn.out_proj.bias, m.mlp.fc2.weight, m.mlp.fc2.bias):
             p.zero_()
     return m
 
@@ -171,8 +172,8 @@ def test_an_output_norm_makes_the_attention_increment_independent_of_the_output_
     x = tokens()
     y = m(x)
     with torch.no_grad():
-        m.attn.out_weight.mul_(7.0)
-        m.attn.out_bias.mul_(7.0)
+        m.attn.out_proj.weight.mul_(7.0)
+        m.attn.out_proj.bias.mul_(7.0)
     torch.testing.assert_close(m(x), y, rtol=1e-12, atol=1e-12)
 
 
@@ -236,7 +237,7 @@ def test_normformer_head_scale_is_a_scaling_of_the_output_projection_columns():
     b = MultiHeadAttention(DIM, HEADS, head_scale=False, dtype=torch.float64)
     b.load_state_dict(a.state_dict(), strict=False)
     with torch.no_grad():  # W_O's input columns of head i times gamma_i
-        b.out_weight.mul_(a.head_scale.repeat_interleave(DIM // HEADS)[None, :])
+        b.out_proj.weight.mul_(a.head_scale.repeat_interleave(DIM // HEADS)[None, :])
     x = tokens()
     torch.testing.assert_close(a(x), b(x), rtol=1e-13, atol=1e-13)
 
@@ -245,12 +246,12 @@ def test_normformer_without_its_additions_is_pre_ln():
     pre = perturb(block("pre_ln_block", seed=4))
     nf = block("normformer_block", seed=4)
     nf.load_state_dict(pre.state_dict(), strict=False)
-    nf.attn_out_norm, nf.mlp_mid_norm = nn.Identity(), None
+    nf.attn_out_norm, nf.mlp.mid_norm = nn.Identity(), None
     x = tokens()
     torch.testing.assert_close(nf(x), pre(x), rtol=0, atol=0)
     nf2 = block("normformer_block", seed=4, act="swiglu")
-    assert nf2.mlp_mid_norm.normalized_shape == (4 * DIM,)  # over the FFN width, after the gating
-    assert nf2.fc1_weight.shape == (8 * DIM, DIM)
+    assert nf2.mlp.mid_norm.normalized_shape == (4 * DIM,)  # over the FFN width, after the gating
+    assert nf2.mlp.fc1.weight.shape == (8 * DIM, DIM)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -284,20 +285,24 @@ def test_padded_tokens_are_not_attended(name):
     assert not torch.allclose(m(x2)[1, :3], y[1, :3])  # without the mask they are
 
 
-def _drop_in_last_dim_norms():
+def _drop_in_norms():
     out = []
     for name in normact.list_layers("norm"):
         info = normact.info(name)
-        if info.input_layout in ("last_dims", "tokens") and info.properties.drop_in:
+        if info.properties.drop_in:  # channel norms (BatchNorm...) see the tokens as (B, D, T)
             out.append(name)
     return out
 
 
-@pytest.mark.parametrize("norm", _drop_in_last_dim_norms())
+def _groups(norm):
+    return {"num_groups": 4} if "num_groups" in inspect.signature(normact.info(norm).factory).parameters else {}
+
+
+@pytest.mark.parametrize("norm", _drop_in_norms())
 @pytest.mark.parametrize("placement", T.PLACEMENTS)
-def test_every_last_dim_norm_fits_every_placement(norm, placement):
+def test_every_drop_in_norm_fits_every_placement(norm, placement):
     if placement == "sandwich_depth_scaled" and not isinstance(
-        getattr(normact.create(norm, DIM), "weight", None), nn.Parameter
+        getattr(normact.create(norm, DIM, **_groups(norm)), "weight", None), nn.Parameter
     ):
         with pytest.raises(ValueError, match="gain"):  # nothing to scale by depth
             T.TransformerBlock(DIM, HEADS, norm=norm, placement=placement, depth=2)
@@ -317,12 +322,12 @@ def test_every_attention_normalizer_and_activation_fits(attention, act):
     y = m(x)
     y.sum().backward()
     assert y.shape == x.shape and torch.isfinite(y).all() and torch.isfinite(x.grad).all()
-    assert m.fc1_weight.shape[0] == (8 if normact.info(act).properties.gated else 4) * DIM
+    assert m.mlp.fc1.weight.shape[0] == (8 if normact.info(act).properties.gated else 4) * DIM
 
 
 def test_rmsnorm_swiglu_sigmoid_attention_block():
     m = normact.create("pre_ln_block", 16, 4, norm="rmsnorm", act="swiglu", attention="sigmoid_attention", causal=True)
-    assert isinstance(m.attn_norm, normact.RMSNorm) and isinstance(m.act, normact.SwiGLU)
+    assert isinstance(m.attn_norm, normact.RMSNorm) and isinstance(m.mlp.act, normact.SwiGLU)
     assert type(m.attn.normalizer).__name__ == "SigmoidAttention"
     assert m(torch.randn(3, 7, 16)).shape == (3, 7, 16)
 
@@ -330,7 +335,6 @@ def test_rmsnorm_swiglu_sigmoid_attention_block():
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"norm": "batchnorm1d"},  # channels first
         {"norm": "td_layernorm"},  # needs a time step
         {"norm": "gelu"},
         {"act": "rmsnorm"},
@@ -370,8 +374,22 @@ def test_the_probe_reads_the_blocks_as_kind_block():
     report = p.report()
     blocks = [n for n in report if report[n].kind == "block"]
     assert blocks == ["0", "1", "2"]
-    assert report["0.attn_norm"].kind == "norm" and report["0.act"].kind == "act"
+    assert report["0.attn_norm"].kind == "norm" and report["0.mlp.act"].kind == "act"
     assert module_kind(model[0].attn) == "attention"  # (recorded when it returns its weights)
     rows = report.signal_propagation()
     assert [r["module"] for r in rows] == blocks
     assert all(r["branch_var"] is not None for r in rows)
+
+
+def test_batchnorm_in_the_block_normalizes_each_feature_over_batch_and_tokens():
+    """BatchNorm in a transformer block (as graph transformers use it): the (B, T, D) tokens are normalized per
+    feature with statistics over the batch and the positions."""
+    torch.manual_seed(0)
+    m = T.TransformerBlock(DIM, HEADS, norm="batchnorm", placement="post", dtype=torch.float64)
+    x = tokens()
+    h = x + m.attn(x)
+    mean = h.mean((0, 1))
+    var = h.var((0, 1), unbiased=False)
+    expected = (h - mean) / torch.sqrt(var + 1e-5)
+    torch.testing.assert_close(m.attn_norm(h), expected, rtol=1e-12, atol=1e-12)
+    assert m(x).shape == x.shape

@@ -6,11 +6,12 @@
 '2503.10622'
 """
 
-from normact import functional, layers, probing, surgery
+from normact import functional, layers, models, probing, surgery
 from normact.distributed import convert_sync
 from normact.gaussian import GaussianMoments, activation_gain, gaussian_moments
 from normact.layers import *  # noqa: F403  (the layer classes)
 from normact.layers import __all__ as _layer_names
+from normact.models import GPT, ViT
 from normact.probing import probe
 from normact.registry import (
     KINDS,
@@ -39,6 +40,7 @@ from normact.surgery import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "GPT",
     "KINDS",
     "GaussianMoments",
     "LayerInfo",
@@ -47,6 +49,7 @@ __all__ = [
     "Param",
     "Properties",
     "UnknownLayerError",
+    "ViT",
     "activation_gain",
     "convert_preln_to_rmsnorm",
     "convert_sync",
@@ -59,6 +62,7 @@ __all__ = [
     "info",
     "layers",
     "list_layers",
+    "models",
     "probe",
     "probing",
     "recalibrate_batchnorm",

@@ -74,9 +74,9 @@ def _attention(x, p, hp, mask):
     def split(y):
         return y.reshape(b, t, heads, hd).permute(0, 2, 1, 3)
 
-    q = split(_linear(x, p["attn.q_weight"], p.get("attn.q_bias")))
-    k = split(_linear(x, p["attn.k_weight"]))
-    v = split(_linear(x, p["attn.v_weight"], p.get("attn.v_bias")))
+    q = split(_linear(x, p["attn.q_proj.weight"], p.get("attn.q_proj.bias")))
+    k = split(_linear(x, p["attn.k_proj.weight"]))
+    v = split(_linear(x, p["attn.v_proj.weight"], p.get("attn.v_proj.bias")))
     scale = kwargs.get("scale") or 1.0 / math.sqrt(hd)
     scores = torch.einsum("bhtd,bhsd->bhts", q, k) * scale
     keep = torch.ones(b, heads, t, t, dtype=torch.bool)
@@ -99,14 +99,14 @@ def _attention(x, p, hp, mask):
     if hp["placement"] == "normformer":
         out = out * p["attn.head_scale"][None, :, None, None]
     out = out.permute(0, 2, 1, 3).reshape(b, t, d)
-    return _linear(out, p["attn.out_weight"], p.get("attn.out_bias"))
+    return _linear(out, p["attn.out_proj.weight"], p.get("attn.out_proj.bias"))
 
 
 def _ffn(x, p, hp):
-    h = _act(_linear(x, p["fc1_weight"], p.get("fc1_bias")), hp["act"])
+    h = _act(_linear(x, p["mlp.fc1.weight"], p.get("mlp.fc1.bias")), hp["act"])
     if hp["placement"] == "normformer":
-        h = _norm(h, p, "mlp_mid_norm", hp)
-    return _linear(h, p["fc2_weight"], p.get("fc2_bias"))
+        h = _norm(h, p, "mlp.mid_norm", hp)
+    return _linear(h, p["mlp.fc2.weight"], p.get("mlp.fc2.bias"))
 
 
 def ref_block(x, p, hp, *, mask=None):
@@ -169,14 +169,14 @@ def functional_block(x, m, mask=None):
     def attention(h):
         return NF.multi_head_attention(
             h,
-            at.q_weight,
-            at.k_weight,
-            at.v_weight,
-            at.out_weight,
+            at.q_proj.weight,
+            at.k_proj.weight,
+            at.v_proj.weight,
+            at.out_proj.weight,
             at.heads,
-            at.q_bias,
-            at.v_bias,
-            at.out_bias,
+            at.q_proj.bias,
+            at.v_proj.bias,
+            at.out_proj.bias,
             at.normalizer,
             at.causal,
             mask,
@@ -184,7 +184,9 @@ def functional_block(x, m, mask=None):
         )
 
     def mlp(h):
-        return NF.feed_forward(h, m.fc1_weight, m.fc2_weight, m.act, m.fc1_bias, m.fc2_bias, m.mlp_mid_norm)
+        return NF.feed_forward(
+            h, m.mlp.fc1.weight, m.mlp.fc2.weight, m.mlp.act, m.mlp.fc1.bias, m.mlp.fc2.bias, m.mlp.mid_norm
+        )
 
     attn_names, mlp_names = _NORMS[m.placement]
     attn_norms = tuple(None if n is None else getattr(m, n) for n in attn_names)
@@ -199,7 +201,7 @@ BAD_INIT = (
     {"heads": 3},
     {"layer_index": 9, "depth": 2},
     {"mlp_ratio": 0.0},
-    {"norm": "batchnorm2d"},
+    {"norm": "td_layernorm"},
     {"norm": "gelu"},
     {"act": "layernorm"},
     {"attention": "gelu"},

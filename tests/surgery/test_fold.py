@@ -113,6 +113,51 @@ def _normact_gpt(seed: int = 0, placement: str = "pre") -> nn.Module:
     return model
 
 
+class _WidthReadingGPT(nn.Module):
+    """A pre-LN GPT whose attention reads the head width from its input (``view(b, t, 3, heads, -1)``), as
+    nanoGPT-style code does: CRMS must keep the d-th coordinate after the attention norms (decompress)."""
+
+    class Block(nn.Module):
+        def __init__(self, d: int, heads: int) -> None:
+            super().__init__()
+            self.heads = heads
+            self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+            self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+            self.fc1, self.fc2 = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+        def forward(self, x: Tensor) -> Tensor:
+            h = self.norm1(x)
+            b, t, _ = h.shape
+            q, k, v = self.qkv(h).view(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+            y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + self.proj(y.transpose(1, 2).reshape(b, t, -1))
+            return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm2(x))))
+
+    def __init__(self, vocab: int = 256, d: int = 64, depth: int = 2, heads: int = 4) -> None:
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(64, d)
+        self.blocks = nn.Sequential(*[self.Block(d, heads) for _ in range(depth)])
+        self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, vocab)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
+        return self.head(self.norm(self.blocks(x)))
+
+
+def test_preln_to_crms_decompress_when_the_code_reads_the_width():
+    torch.manual_seed(0)
+    model = _WidthReadingGPT().eval()
+    _randomize_ln(model, 0)
+    original = copy.deepcopy(model)
+    report = convert_preln_to_rmsnorm(model, crms=True)
+    ids = _ids(256, (3, 40))
+    diff = float((_logits(model, ids) - _logits(original, ids)).abs().max())
+    assert report.strategy == "crms-fold" and len(report.converted) == 5, report.summary()
+    # the norms whose output the attention reshapes by its width keep the d-th coordinate; the others fold it
+    assert _count(model, CRMSNormDecompress) == 2 and _count(model, "LayerNorm") == 0
+    assert diff <= 1e-4
+
+
 def _ids(vocab: int, shape: tuple[int, int] = (3, 16), seed: int = 7) -> Tensor:
     return torch.randint(vocab, shape, generator=torch.Generator().manual_seed(seed))
 
@@ -402,18 +447,19 @@ def test_preln_residual_stream_is_zero_mean():
 def test_preln_to_rmsnorm_normact_gpt(crms):
     model = _normact_gpt()
     original = copy.deepcopy(model)
+    if crms:  # the blocks check their input's width: a (d - 1)-wide residual stream is refused, clearly
+        with pytest.raises(ValueError, match=r"crms=True is not feasible.*\(B, T, 64\)"):
+            convert_preln_to_rmsnorm(model, crms=crms)
+        return
     report = convert_preln_to_rmsnorm(model, crms=crms)
     ids = _ids(256, (3, 40))
     diff = float((_logits(model, ids) - _logits(original, ids)).abs().max())
     print(f"\nnormact GPT Pre-LN -> {report.strategy}: max |logit diff| {diff:.3g}")
     assert len(report.converted) == 5 and not report.skipped, report.summary()
     assert _count(model, "LayerNorm") == 0
-    assert set(report.recentered) == {"tok", "pos", "blocks.0.attn.proj", "blocks.0.mlp.fc2", "blocks.1.attn.proj",
-                                      "blocks.1.mlp.fc2"}  # fmt: skip
-    # normact's attention reads the width of its input, so CRMS keeps the d-th coordinate after the norm
-    assert report.strategy == ("crms-decompress" if crms else "rmsnorm")
-    if crms:
-        assert _count(model, CRMSNormDecompress) == 5
+    writers = {f"blocks.{i}.{m}" for i in (0, 1) for m in ("attn.out_proj", "mlp.fc2")}
+    assert set(report.recentered) == {"tok", "pos"} | writers
+    assert report.strategy == "rmsnorm"
     assert diff <= 1e-4
 
 
@@ -478,7 +524,8 @@ def test_fold_norm_affine_normact_gpt():
     diff = float((_logits(model, ids) - _logits(original, ids)).abs().max())
     print(f"\nnormact GPT fold_norm_affine: max |logit diff| {diff:.3g}")
     assert len(report.folded) == 5 and not report.skipped, report.summary()
-    assert dict((f.name, f.into) for f in report.folded)["blocks.0.norm1"] == ("blocks.0.attn.qkv",)
+    into = dict((f.name, f.into) for f in report.folded)["blocks.0.attn_norm"]
+    assert into == tuple(f"blocks.0.attn.{p}_proj" for p in "qkv")
     assert all(_affine_is_identity(m) for m in model.modules() if type(m).__name__ == "LayerNorm")
     assert diff <= 1e-5
 

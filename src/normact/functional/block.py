@@ -15,12 +15,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from normact.functional.attention import softmax_attention
 
-__all__ = ["feed_forward", "multi_head_attention", "residual_branch", "transformer_block"]
+__all__ = [
+    "feed_forward",
+    "merge_heads",
+    "multi_head_attention",
+    "residual_branch",
+    "rotary",
+    "split_heads",
+    "transformer_block",
+]
 
 Norm = Callable[[Tensor], Tensor] | None
 """A norm applied to the last dimension, or ``None`` for none (the identity)."""
@@ -73,6 +82,7 @@ def multi_head_attention(
     mask: Tensor | None = None,
     head_scale: Tensor | None = None,
     need_weights: bool = False,
+    rope_base: float | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     r"""Multi-head self-attention of ``x`` (B, T, D) around any attention normalizer:
 
@@ -83,24 +93,62 @@ def multi_head_attention(
     ``normalizer(q, k, v, *, causal, mask, need_weights)`` over (B, H, T, D/H) tensors (an attention module of the
     registry; default softmax); ``mask`` a boolean (B, T) padding mask of the keys to attend (True = attend) or
     any mask the normalizer accepts; ``head_scale`` the per-head :math:`\gamma_i` (NormFormer's HeadScale, applied
-    before :math:`W_O` as in the paper). The keys have no bias: a key bias only shifts each query's scores by a
-    constant, which softmax ignores. Returns (B, T, D), or ``(output, weights)`` with ``need_weights``.
+    before :math:`W_O` as in the paper); ``rope_base`` rotates q and k by :func:`rotary` first. The keys have no
+    bias: a key bias only shifts each query's scores by a constant, which softmax ignores. Returns (B, T, D), or
+    ``(output, weights)`` with ``need_weights``.
     """
-    b, t, _ = x.shape
-    q = F.linear(x, q_weight, q_bias).view(b, t, heads, -1).transpose(1, 2)
-    k = F.linear(x, k_weight).view(b, t, heads, -1).transpose(1, 2)
-    v = F.linear(x, v_weight, v_bias).view(b, t, heads, -1).transpose(1, 2)
-    if normalizer is None:
-        out = softmax_attention(q, k, v, causal, mask, None, need_weights)
-    else:
-        out = normalizer(q, k, v, causal=causal, mask=mask, need_weights=need_weights)
+    q = split_heads(F.linear(x, q_weight, q_bias), heads)
+    k = split_heads(F.linear(x, k_weight), heads)
+    v = split_heads(F.linear(x, v_weight, v_bias), heads)
+    if rope_base is not None:
+        q, k = rotary(q, rope_base), rotary(k, rope_base)
+    out = _attend(q, k, v, normalizer, causal, mask, need_weights)
     weights = None
     if need_weights:
         out, weights = out
-    if head_scale is not None:
-        out = out * head_scale.view(1, -1, 1, 1)
-    y = F.linear(out.transpose(1, 2).reshape(b, t, -1), out_weight, out_bias)
+    y = F.linear(merge_heads(out, head_scale), out_weight, out_bias)
     return (y, weights) if need_weights else y
+
+
+def _attend(q, k, v, normalizer, causal, mask, need_weights):
+    if normalizer is None:
+        return softmax_attention(q, k, v, causal, mask, None, need_weights)
+    return normalizer(q, k, v, causal=causal, mask=mask, need_weights=need_weights)
+
+
+def split_heads(x: Tensor, heads: int) -> Tensor:
+    """(B, T, H * Dh) -> (B, H, T, Dh)."""
+    b, t, _ = x.shape
+    return x.view(b, t, heads, -1).transpose(1, 2)
+
+
+def merge_heads(x: Tensor, head_scale: Tensor | None = None) -> Tensor:
+    r"""(B, H, T, Dh) -> (B, T, H * Dh), each head first scaled by :math:`\gamma_i` (``head_scale`` (H,),
+    NormFormer's HeadScale) where given."""
+    if head_scale is not None:
+        x = x * head_scale.view(1, -1, 1, 1)
+    b, _, t, _ = x.shape
+    return x.transpose(1, 2).reshape(b, t, -1)
+
+
+def rotary(x: Tensor, base: float = 10000.0, offset: int = 0) -> Tensor:
+    r"""Rotary position embedding (RoPE, Su et al., 2021, arXiv:2104.09864) of ``x`` (B, H, T, Dh), Dh even, in the
+    rotate-half layout of GPT-NeoX/Llama: with :math:`\theta_i = \mathrm{base}^{-2i/D_h}` and position :math:`t`,
+
+    .. math:: (x_{i}, x_{i + D_h/2}) \mapsto (x_i \cos t\theta_i - x_{i+D_h/2} \sin t\theta_i,\
+              x_{i+D_h/2} \cos t\theta_i + x_i \sin t\theta_i).
+
+    ``q . k`` then depends on the positions only through their difference. Angles are computed in float32 (float64
+    for float64 input)."""
+    t, dh = x.shape[-2], x.shape[-1]
+    if dh % 2:
+        raise ValueError(f"rotary embeddings need an even head dimension, got {dh}")
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    inv = base ** (-torch.arange(0, dh, 2, device=x.device, dtype=work) / dh)
+    angles = torch.arange(offset, offset + t, device=x.device, dtype=work)[:, None] * inv  # (T, Dh/2)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., : dh // 2], x[..., dh // 2 :]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
 def feed_forward(

@@ -390,7 +390,11 @@ class Probe:
         if want_blocks and block_preds is None:
             chosen = {t.name for t in targets}
             norms = {name for name, m in named if classify(m) == "norm"}
+            # a known block (registered, torch's) is authoritative: what it contains is part of it
+            known = tuple(name + "." for name, m in named if name and classify(m) == "block")
             for name, module in named:
+                if name.startswith(known):
+                    continue
                 if name and name not in chosen and _block_candidate(module, classify):
                     t = _Target(name, module, "block", candidate=True)
                     prefix = name + "."

@@ -29,7 +29,8 @@ from torch import Tensor, nn
 from normact import functional as NF
 from normact._checks import check_float, check_int, check_tensor, shape_str
 from normact.functional.block import Norms
-from normact.layers.block.attention import MultiHeadAttention, factory_kwargs
+from normact.layers.block.attention import FeedForward, MultiHeadAttention, attention_info, factory_kwargs
+from normact.layers.layout import is_none, norm_layer, wrapped_norm
 from normact.registry import LayerType, Paper, Param, get_info, register, resolve
 
 __all__ = ["TransformerBlock", "deepnorm_constants"]
@@ -109,19 +110,20 @@ def _is_gated(act: LayerType) -> bool:
 
 
 def make_norm(norm: LayerType, width: int, device: Any = None, dtype: Any = None) -> nn.Module:
-    """A norm over the last dimension of ``width`` features: a registered drop-in norm whose features sit last
-    (``input_layout`` ``last_dims`` or ``tokens``), a class or a factory ``norm(width)``."""
+    """A norm over the last dimension of (B, T, ``width``) tokens: a registered drop-in norm (``"layernorm"``,
+    ``"rmsnorm"``; channel norms such as ``"batchnorm"`` see the tokens as (B, width, T), with statistics over the
+    batch and the positions, see :func:`normact.layers.layout.norm_layer`), ``"none"`` (the identity), a class or
+    a factory ``norm(width)``."""
     if isinstance(norm, str):
+        if is_none(norm):
+            return nn.Identity()
         info = get_info(norm)
         if info.kind != "norm":
             raise ValueError(f"norm must name a normalization layer, {info.name!r} is a {info.kind}")
-        if info.input_layout not in ("last_dims", "tokens"):
-            raise ValueError(
-                f"norm {info.name!r} normalizes channels-first inputs ({info.input_layout}); a transformer block "
-                "needs a norm over the last dimension"
-            )
         if not info.properties.drop_in:
             raise ValueError(f"norm {info.name!r} takes a conditioning input or a structured layout: not a drop-in")
+        kwargs = factory_kwargs(info.factory, device, dtype)
+        return norm_layer(info.name, width, "nlc", **kwargs)
     factory = resolve(norm)
     return factory(width, **factory_kwargs(factory, device, dtype))
 
@@ -231,6 +233,7 @@ class TransformerBlock(nn.Module):
         embedding_norm: normalize the block input first (Peri-LN's embedding norm; for the first block).
         final_norm: normalize the block output (Pre-LN / Peri-LN's last norm; for the last block).
         attention_kwargs: keyword arguments of the attention normalizer.
+        rope: rotary position embeddings on queries and keys (:func:`normact.functional.rotary`).
     """
 
     def __init__(
@@ -253,6 +256,7 @@ class TransformerBlock(nn.Module):
         embedding_norm: bool = False,
         final_norm: bool = False,
         attention_kwargs: Mapping[str, Any] | None = None,
+        rope: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -274,7 +278,7 @@ class TransformerBlock(nn.Module):
         self.alpha = alpha if deepnorm_alpha is None else check_float("deepnorm_alpha", deepnorm_alpha, positive=True)
         self.beta = beta if deepnorm_beta is None else check_float("deepnorm_beta", deepnorm_beta, positive=True)
         self.scale = 1.0 / math.sqrt(self.layer_index) if placement == "layernorm_scaling" else 1.0
-        self.norm, self.act, self.attention = norm, act, attention
+        self.norm, self.act, self.attention = norm, act, attention_info(attention).name
         self.causal = bool(causal)
         self.attention_kwargs = dict(attention_kwargs or {})
 
@@ -293,32 +297,30 @@ class TransformerBlock(nn.Module):
                 causal=self.causal,
                 bias=bias,
                 head_scale=placement == "normformer",
+                rope=rope,
                 device=device,
                 dtype=dtype,
                 **self.attention_kwargs,
             )
             self.attn_out_norm = new_norm() if placement in (*_OUT_NORM, "normformer") else None
             self.mlp_norm = new_norm()
-            # the feed-forward network's pieces sit on the block itself: an FFN submodule would look like a
-            # residual block of its own to normact.probe (a module with weights that keeps its input's shape)
             self.hidden = max(1, round(self.mlp_ratio * self.dim))
             self.gated = _is_gated(act)
             if isinstance(act, str) and get_info(act).kind != "act":
                 raise ValueError(f"act must name an activation, {get_info(act).name!r} is a {get_info(act).kind}")
             act_factory = resolve(act)
-            self.act = act_factory(**factory_kwargs(act_factory, device, dtype))
             kw = {"device": device, "dtype": dtype}
-            width = 2 * self.hidden if self.gated else self.hidden
-            self.fc1_weight = nn.Parameter(torch.empty(width, self.dim, **kw))
-            self.fc1_bias = nn.Parameter(torch.empty(width, **kw)) if bias else None
-            self.mlp_mid_norm = new_norm(self.hidden) if placement == "normformer" else None
-            self.fc2_weight = nn.Parameter(torch.empty(self.dim, self.hidden, **kw))
-            self.fc2_bias = nn.Parameter(torch.empty(self.dim, **kw)) if bias else None
+            self.mlp = FeedForward(
+                nn.Linear(self.dim, 2 * self.hidden if self.gated else self.hidden, bias=bias, **kw),
+                act_factory(**factory_kwargs(act_factory, device, dtype)),
+                nn.Linear(self.hidden, self.dim, bias=bias, **kw),
+                new_norm(self.hidden) if placement == "normformer" else None,
+            )
             self.mlp_out_norm = new_norm() if placement in _OUT_NORM else None
             self.final_norm = new_norm() if final_norm else None
         if placement == "sandwich_depth_scaled":
             for m in (self.attn_out_norm, self.mlp_out_norm):
-                if not isinstance(getattr(m, "weight", None), Tensor):
+                if not isinstance(getattr(wrapped_norm(m), "weight", None), Tensor):
                     raise ValueError("placement='sandwich_depth_scaled' needs a norm with a gain (weight)")
         self.reset_parameters()
 
@@ -328,26 +330,25 @@ class TransformerBlock(nn.Module):
         :math:`c/\\sqrt{L}`."""
         gain = self.beta if self.placement == "deepnorm" else 1.0
         self.attn.reset_parameters(gain)
-        nn.init.xavier_normal_(self.fc1_weight, gain=gain)
-        nn.init.xavier_normal_(self.fc2_weight, gain=gain)
-        for b in (self.fc1_bias, self.fc2_bias):
-            if b is not None:
-                nn.init.zeros_(b)
+        for fc in (self.mlp.fc1, self.mlp.fc2):
+            nn.init.xavier_normal_(fc.weight, gain=gain)
+            if fc.bias is not None:
+                nn.init.zeros_(fc.bias)
         for m in (
             self.embedding_norm,
             self.attn_norm,
             self.attn_out_norm,
             self.mlp_norm,
-            self.mlp_mid_norm,
+            self.mlp.mid_norm,
             self.mlp_out_norm,
             self.final_norm,
-            self.act,
+            self.mlp.act,
         ):
             _reset(m)
         if self.placement == "sandwich_depth_scaled":
             with torch.no_grad():
                 for m in (self.attn_out_norm, self.mlp_out_norm):
-                    m.weight.fill_(self.dssn_c / math.sqrt(self.depth))  # type: ignore[union-attr]
+                    wrapped_norm(m).weight.fill_(self.dssn_c / math.sqrt(self.depth))  # type: ignore[union-attr]
 
     def _norms(self) -> tuple[Norms, Norms]:
         """The (pre, out, post) norms of the attention and feed-forward sub-layers."""
@@ -373,13 +374,6 @@ class TransformerBlock(nn.Module):
             self.scale,
             self.embedding_norm,
             self.final_norm,
-        )
-
-    def mlp(self, h: Tensor) -> Tensor:
-        r"""The feed-forward network :math:`\mathrm{FC}_2(\mathrm{Mid}(g(\mathrm{FC}_1 h)))` (the mid norm is
-        NormFormer's); a gated activation halves FC1's doubled width."""
-        return NF.feed_forward(
-            h, self.fc1_weight, self.fc2_weight, self.act, self.fc1_bias, self.fc2_bias, self.mlp_mid_norm
         )
 
     def extra_repr(self) -> str:
