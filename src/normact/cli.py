@@ -158,14 +158,21 @@ def _print_leaderboard(console: Any, title: str, rows: list[Any]) -> None:
 
     if not rows:
         return
-    varying = [k for k in ("norm", "act", "lr") if len({str(r.spec[k]) for r in rows}) > 1] or ["norm"]
-    fixed = ", ".join(f"{k}={rows[0].spec[k]:g}" if k == "lr" else f"{k}={rows[0].spec[k]}"
-                      for k in ("norm", "act", "lr") if k not in varying)  # fmt: skip
+    from normact.bench.report import variant_of
+
+    columns = ("norm", "act", "variant", "lr")
+
+    def value(row: Any, k: str) -> str:
+        return variant_of(row.spec) if k == "variant" else f"{row.spec[k]:g}" if k == "lr" else str(row.spec[k])
+
+    varying = [k for k in columns if len({value(r, k) for r in rows}) > 1] or ["norm"]
+    fixed = ", ".join(value(rows[0], k) if k == "variant" else f"{k}={value(rows[0], k)}"
+                      for k in columns if k not in varying and value(rows[0], k))  # fmt: skip
     metric = rows[0].metric
     table = Table(title=f"{title}" + (f" ({fixed})" if fixed else ""), header_style="bold")
     table.add_column("#", justify="right")
     for k in varying:
-        table.add_column(k)
+        table.add_column("model" if k == "variant" else k)
     table.add_column(f"{metric}\nmean ± std", justify="right")
     table.add_column("seeds", justify="right")
     table.add_column("vs best", justify="left")
@@ -175,7 +182,7 @@ def _print_leaderboard(console: Any, title: str, rows: list[Any]) -> None:
     for row in rows:
         mean = "-" if row.mean is None else f"{row.mean:.4f} ± {row.std or 0:.4f}"
         versus = row.versus_best + (f" p={row.p_value:.2f}" if row.p_value is not None else "")
-        cells = [f"{row.spec[k]:g}" if k == "lr" else str(row.spec[k]) for k in varying]
+        cells = [value(row, k) for k in varying]
         table.add_row(
             str(row.rank),
             *cells,
@@ -200,21 +207,22 @@ def _print_stability(console: Any, records: list[dict[str, Any]]) -> None:
     for r in records:
         per_lr = ", ".join(f"{lr:g}: {n}/{r['seeds'][lr]}" for lr, n in r["trained"].items())
         best = "none" if r["max_stable_lr"] is None else f"{r['max_stable_lr']:g}"
-        table.add_row(f"{r['task']}/{r['model']}", r["norm"], r["act"], r["optimizer"], best, per_lr)
+        model = f"{r['task']}/{r['model']}" + (f" {r['variant']}" if r.get("variant") else "")
+        table.add_row(model, r["norm"], r["act"], r["optimizer"], best, per_lr)
     console.print(table)
 
 
-def _print_init_signal(console: Any, records: list[dict[str, Any]]) -> None:
+def _print_init_signal(console: Any, records: list[dict[str, Any]], when: str = "at initialisation") -> None:
     from rich.table import Table
 
     if not records:
         return
-    table = Table(title="signal propagation at initialisation (mean over seeds)", header_style="bold")
+    table = Table(title=f"signal propagation {when} (mean over seeds)", header_style="bold")
     for column in ("task/model", "norm", "act", "depth", "var first", "var last", "last/first", "branch/var"):
         table.add_column(column, justify="left" if column in ("task/model", "norm", "act") else "right")
     for r in records:
         table.add_row(
-            f"{r['task']}/{r['model']}",
+            f"{r['task']}/{r['model']}" + (f" {r['variant']}" if r.get("variant") else ""),
             r["norm"],
             r["act"],
             f"{r['depth']} {r['layers']}s",
@@ -264,6 +272,36 @@ def _add_bench_commands(app: Any, console: Any, err: Any) -> None:
         batch_size: Annotated[int | None, typer.Option(help="Mini-batch size.")] = None,
         optimizer: Annotated[str | None, typer.Option(help="adamw or sgd (momentum 0.9).")] = None,
         device: Annotated[str | None, typer.Option(help="Torch device for the trials (cpu, cuda, ...).")] = None,
+        placement: Annotated[
+            str | None,
+            typer.Option(
+                help="gpt/vit: comma-separated norm placements (pre, post, peri, deepnorm, ...).",
+                rich_help_panel="Transformers",
+            ),
+        ] = None,
+        attention: Annotated[
+            str | None,
+            typer.Option(
+                help="gpt/vit: comma-separated attention normalizers (softmax, sigmoid, qk_norm, ...).",
+                rich_help_panel="Transformers",
+            ),
+        ] = None,
+        depth: Annotated[
+            str | None, typer.Option(help="Comma-separated model depths (blocks).", rich_help_panel="Transformers")
+        ] = None,
+        positions: Annotated[
+            str | None,
+            typer.Option(
+                help="gpt: comma-separated position schemes (learned, rope, none).", rich_help_panel="Transformers"
+            ),
+        ] = None,
+        warmup: Annotated[
+            float | None, typer.Option(help="Linear warm-up as a fraction of the steps (default 0.05; 0: none).")
+        ] = None,
+        eval_context: Annotated[
+            int | None,
+            typer.Option(help="Text tasks: also evaluate at this longer context (needs rope/none positions)."),
+        ] = None,
         db: Annotated[Path, typer.Option(help="SQLite results database (runs resume from it).")] = Path(
             "normact-bench.db"
         ),
@@ -281,7 +319,7 @@ def _add_bench_commands(app: Any, console: Any, err: Any) -> None:
         from normact.bench.report import init_signal, leaderboard, lr_stability, plot
         from normact.bench.run import execute, pending_specs
         from normact.bench.store import ResultStore
-        from normact.bench.study import PRESETS, Study, customize
+        from normact.bench.study import PRESETS, Study, customize, grid
         from normact.bench.tasks import DataUnavailableError, is_text_task, load_task
 
         if list_presets:
@@ -307,7 +345,17 @@ def _add_bench_commands(app: Any, console: Any, err: Any) -> None:
                 batch_size=batch_size,
                 optimizer=optimizer,
                 device=device,
+                warmup=warmup,
+                eval_context=eval_context,
             )
+            variant_lists = dict(
+                placement=csv_list(placement),
+                attention=csv_list(attention),
+                depth=csv_list(depth, int),
+                positions=csv_list(positions),
+            )
+            if any(variant_lists.values()):
+                overrides["variants"] = grid(**variant_lists)
             if task is not None or model is not None:
                 task_name = task or "mnist"
                 text = is_text_task(task_name)
@@ -350,6 +398,7 @@ def _add_bench_commands(app: Any, console: Any, err: Any) -> None:
             _print_leaderboard(console, f"{study.name}: {study.task}/{study.model}", leaderboard(by_study[study.name]))
             _print_stability(console, lr_stability(by_study[study.name]))
             _print_init_signal(console, init_signal(by_study[study.name]))
+            _print_init_signal(console, init_signal(by_study[study.name], "final_signal"), "after training")
         if plots:
             written = [p for name, rs in by_study.items() if rs for p in plot(rs, out, name)]
             console.print("plots: " + ", ".join(str(p) for p in written))

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from normact.bench.trial import metric_of
+from normact.bench.trial import VARIANT_KEYS, metric_of
 from normact.plot import pyplot, save_png
 
 SIGNIFICANCE = 0.05
@@ -71,6 +71,12 @@ def _welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
 
     p = float(ttest_ind(a, b, equal_var=False).pvalue)
     return None if math.isnan(p) else p
+
+
+def variant_of(spec: Mapping[str, Any]) -> str:
+    """The architecture options a trial's spec sets (``placement=peri attention=sigmoid``), or ``""``."""
+    options = spec.get("model_options") or {}
+    return " ".join(f"{k}={options[k]}" for k in VARIANT_KEYS if k in options)
 
 
 def leaderboard(results: Sequence[Mapping[str, Any]]) -> list[Row]:
@@ -138,10 +144,10 @@ def lr_stability(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple, dict[float, list[bool]]] = defaultdict(lambda: defaultdict(list))
     for r in results:
         s = r["spec"]
-        config = (s["task"], s["model"], s["norm"], s["act"], s["optimizer"])
+        config = (s["task"], s["model"], s["norm"], s["act"], variant_of(s), s["optimizer"])
         groups[config][s["lr"]].append(trained(r))
     out = []
-    for (task, model, norm, act, optimizer), by_lr in groups.items():
+    for (task, model, norm, act, variant, optimizer), by_lr in groups.items():
         if len(by_lr) < 2:
             continue
         stable = [lr for lr, oks in by_lr.items() if all(oks)]
@@ -151,6 +157,7 @@ def lr_stability(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "model": model,
                 "norm": norm,
                 "act": act,
+                "variant": variant,
                 "optimizer": optimizer,
                 "lrs": sorted(by_lr),
                 "max_stable_lr": max(stable) if stable else None,
@@ -161,21 +168,22 @@ def lr_stability(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda d: (d["task"], d["model"], -(d["max_stable_lr"] or 0)))
 
 
-def init_signal(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def init_signal(results: Sequence[Mapping[str, Any]], which: str = "init_signal") -> list[dict[str, Any]]:
     """Per configuration without seed and lr (the network at initialisation does not depend on the lr): the
     signal propagation recorded by each trial before training (``result["init_signal"]``), averaged over
     seeds: depth (blocks, or activations where the network has none), the average channel variance of the
     first and last ones, ``var_growth`` (last / first) and ``branch_ratio`` (mean over blocks of the residual
     branch variance / the block output variance, a measure of how much each block changes the stream).
-    Trials stored before the probe existed (no ``init_signal``) are left out."""
+    Trials stored before the probe existed (no ``init_signal``) are left out. ``which="final_signal"``: the same
+    after training (averaged over seeds and learning rates; trials that diverged have none)."""
     groups: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
     for r in results:
-        sig = r.get("init_signal")
+        sig = r.get(which)
         if sig:
             s = r["spec"]
-            groups[(s["task"], s["model"], s["norm"], s["act"])].append(sig)
+            groups[(s["task"], s["model"], s["norm"], s["act"], variant_of(s))].append(sig)
     out = []
-    for (task, model, norm, act), sigs in groups.items():
+    for (task, model, norm, act, variant), sigs in groups.items():
         growth = [g["var_growth"] for g in sigs if g.get("var_growth") is not None]
         ratios = [
             b / v for g in sigs for b, v in zip(g["branch_var"], g["avg_var"], strict=True) if b is not None and v > 0
@@ -186,6 +194,7 @@ def init_signal(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "model": model,
                 "norm": norm,
                 "act": act,
+                "variant": variant,
                 "layers": sigs[0]["layers"],
                 "depth": len(sigs[0]["avg_var"]),
                 "first_var": statistics.fmean(g["avg_var"][0] for g in sigs),
@@ -195,7 +204,7 @@ def init_signal(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "trials": len(sigs),
             }
         )
-    return sorted(out, key=lambda d: (d["task"], d["model"], d["norm"], d["act"]))
+    return sorted(out, key=lambda d: (d["task"], d["model"], d["norm"], d["act"], d["variant"]))
 
 
 def plot(results: Sequence[Mapping[str, Any]], out_dir: Path, name: str) -> list[Path]:
@@ -239,7 +248,8 @@ def plot(results: Sequence[Mapping[str, Any]], out_dir: Path, name: str) -> list
 
 def _short(row: Row) -> str:
     s = row.spec
-    return f"{s['norm']} / {s['act']} / lr {s['lr']:g}"
+    variant = variant_of(s)
+    return f"{s['norm']} / {s['act']}{' / ' + variant if variant else ''} / lr {s['lr']:g}"
 
 
 def leaderboard_markdown(results: Sequence[Mapping[str, Any]], title: str) -> str:
@@ -248,30 +258,33 @@ def leaderboard_markdown(results: Sequence[Mapping[str, Any]], title: str) -> st
     if not rows:
         return ""
     metric = rows[0].metric
+    show_variant = any(variant_of(r.spec) for r in rows)
+    model_col = " model |" if show_variant else ""
     lines = [
         f"### {title}",
         "",
-        f"| # | norm | act | lr | {metric} (mean ± std) | seeds | diverged | vs best (Welch p) "
+        f"| # | norm | act |{model_col} lr | {metric} (mean ± std) | seeds | diverged | vs best (Welch p) "
         f"| {rows[0].unit} | time s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if show_variant else ""),
     ]
     for r in rows:
         mean = "-" if r.mean is None else f"{r.mean:.4f} ± {r.std or 0:.4f}"
         versus = r.versus_best + (f" ({r.p_value:.2f})" if r.p_value is not None else "")
         tp = "-" if r.throughput is None else f"{r.throughput:,.0f}"
+        model = f" {variant_of(r.spec)} |" if show_variant else ""
         lines.append(
-            f"| {r.rank} | {r.spec['norm']} | {r.spec['act']} | {r.spec['lr']:g} | {mean} | {r.seeds} | {r.diverged} "
-            f"| {versus} | {tp} | {r.wall_time_s:.1f} |"
+            f"| {r.rank} | {r.spec['norm']} | {r.spec['act']} |{model} {r.spec['lr']:g} | {mean} | {r.seeds} "
+            f"| {r.diverged} | {versus} | {tp} | {r.wall_time_s:.1f} |"
         )
     stability = lr_stability(results)
     if stability:
         lines += [
             "",
-            "| norm | act | optimizer | largest lr where every seed trained | seeds trained per lr |",
-            "|---|---|---|---|---|",
+            "| norm | act | model | optimizer | largest lr where every seed trained | seeds trained per lr |",
+            "|---|---|---|---|---|---|",
         ]
         for s in stability:
             per_lr = ", ".join(f"{lr:g}: {n}/{s['seeds'][lr]}" for lr, n in s["trained"].items())
             best = "none" if s["max_stable_lr"] is None else f"{s['max_stable_lr']:g}"
-            lines.append(f"| {s['norm']} | {s['act']} | {s['optimizer']} | {best} | {per_lr} |")
+            lines.append(f"| {s['norm']} | {s['act']} | {s['variant']} | {s['optimizer']} | {best} | {per_lr} |")
     return "\n".join(lines) + "\n"

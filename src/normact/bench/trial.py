@@ -30,6 +30,11 @@ from normact.bench.tasks import ImageData, TextData, is_text_task, load_task
 
 ProgressFn = Callable[[int, int], None]
 
+VARIANT_KEYS = ("placement", "attention", "positions", "depth", "norm_kwargs")
+"""Model options that tell the configurations of a study apart (in labels and leaderboards)."""
+
+_OPTIONAL_FIELDS = ("warmup", "eval_context")
+
 
 @dataclass(frozen=True)
 class TrialSpec:
@@ -50,10 +55,15 @@ class TrialSpec:
     log_every: int = 10
     device: str = "cpu"  # "cuda" etc.; part of the key (results on other devices differ in the last bits)
     model_options: Mapping[str, Any] = field(default_factory=dict)
+    warmup: float | None = None  # the linear warm-up's fraction of the steps (None: 5 %; 0: none)
+    eval_context: int | None = None  # text tasks: also evaluate at this longer context (length extrapolation)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["model_options"] = dict(sorted(self.model_options.items()))
+        for name in _OPTIONAL_FIELDS:  # left out at their default: the keys of earlier trials stay the same
+            if d[name] is None:
+                del d[name]
         return d
 
     @classmethod
@@ -67,7 +77,14 @@ class TrialSpec:
 
     def label(self) -> str:
         """The configuration without the seed (what a leaderboard row groups over)."""
-        return f"{self.task}/{self.model} norm={self.norm} act={self.act} lr={self.lr:g}"
+        return f"{self.task}/{self.model} norm={self.norm} act={self.act}{self.variant_label()} lr={self.lr:g}"
+
+    def variant(self) -> dict[str, Any]:
+        """The architecture options a study varies (placement, attention, depth...) that this trial sets."""
+        return {k: self.model_options[k] for k in VARIANT_KEYS if k in self.model_options}
+
+    def variant_label(self) -> str:
+        return "".join(f" {k}={v}" for k, v in self.variant().items())
 
 
 def _optimizer(spec: TrialSpec, params) -> torch.optim.Optimizer:
@@ -78,9 +95,11 @@ def _optimizer(spec: TrialSpec, params) -> torch.optim.Optimizer:
     raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {spec.optimizer!r}")
 
 
-def _lr_factor(step: int, steps: int) -> float:
-    """5 % linear warm-up, then cosine decay to 10 % of the peak."""
-    warmup = max(1, steps // 20)
+def _lr_factor(step: int, steps: int, warmup_fraction: float | None = None) -> float:
+    """A linear warm-up over ``warmup_fraction`` of the steps (default 5 %; 0 for none), then cosine decay to 10 %
+    of the peak."""
+    fraction = 0.05 if warmup_fraction is None else warmup_fraction
+    warmup = max(1, round(steps * fraction)) if fraction > 0 else 0
     if step < warmup:
         return (step + 1) / warmup
     t = (step - warmup) / max(1, steps - warmup)
@@ -123,16 +142,25 @@ def _evaluate_image(model: nn.Module, data: ImageData, device: str) -> dict[str,
 
 
 @torch.no_grad()
-def _evaluate_text(model: nn.Module, data: TextData, spec: TrialSpec, context: int) -> dict[str, float]:
-    model.eval()
+def _validation_loss(model: nn.Module, data: TextData, spec: TrialSpec, context: int) -> float:
     gen = torch.Generator().manual_seed(1234)  # the same validation windows for every trial
     losses = []
     for _ in range(spec.eval_batches):
         x, y = _text_batch(data.val, spec.batch_size, context, gen, spec.device)
         losses.append(F.cross_entropy(model(x).flatten(0, 1), y.flatten()).item())
+    return sum(losses) / len(losses)
+
+
+def _evaluate_text(model: nn.Module, data: TextData, spec: TrialSpec, context: int) -> dict[str, float]:
+    """Validation loss and bits per character at the training context; with ``spec.eval_context`` also the loss
+    at that longer context (``val_loss_long``: length extrapolation)."""
+    model.eval()
+    val_loss = _validation_loss(model, data, spec, context)
+    out = {"val_loss": val_loss, "bpc": val_loss / math.log(2)}
+    if spec.eval_context is not None:
+        out["val_loss_long"] = _validation_loss(model, data, spec, spec.eval_context)
     model.train()
-    val_loss = sum(losses) / len(losses)
-    return {"val_loss": val_loss, "bpc": val_loss / math.log(2)}
+    return out
 
 
 INIT_SIGNAL_SEED = 7919  # the probe batch's generator: seed + this, apart from the training batches'
@@ -143,7 +171,8 @@ def init_signal(model: nn.Module, x: torch.Tensor) -> dict[str, Any] | None:
     of ``x`` through a copy of the model under ``normact.probe``, per residual block (or per activation where the
     network has no residual blocks), in depth order: the average channel squared mean, the average channel
     variance and the residual-branch variance; ``var_growth`` = last / first average variance. The model, its
-    buffers and the global random stream are left untouched. None when no block or activation was found."""
+    buffers and the global random stream are left untouched. None when no block or activation was found. A trial
+    records it before training (``init_signal``) and after (``final_signal``), on the same batch."""
     from normact.probing import probe
 
     twin = copy.deepcopy(model).train()
@@ -191,7 +220,7 @@ def run_trial(spec: TrialSpec, progress: ProgressFn | None = None, *, probe_init
         )
     model = model.to(spec.device)
     opt = _optimizer(spec, model.parameters())
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, spec.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, spec.steps, spec.warmup))
     gen = torch.Generator().manual_seed(spec.seed)
     batches = _image_batches(data, spec, gen) if not text else None
     signal = None
@@ -230,6 +259,7 @@ def run_trial(spec: TrialSpec, progress: ProgressFn | None = None, *, probe_init
         if progress is not None:
             progress(step + 1, spec.steps)
     train_time = time.perf_counter() - train_start
+    final_signal = init_signal(model, x0) if probe_init and diverged_at is None else None
     steps_done = spec.steps if diverged_at is None else diverged_at
     units = spec.batch_size * (context if text else 1)
     metrics: dict[str, float | None]
@@ -239,6 +269,8 @@ def run_trial(spec: TrialSpec, progress: ProgressFn | None = None, *, probe_init
             diverged_at = spec.steps
     else:
         metrics = {"val_loss": None, "bpc": None} if text else {"test_accuracy": None, "test_loss": None}
+        if text and spec.eval_context is not None:
+            metrics["val_loss_long"] = None
     final_loss = curve[-1][1] if curve else None
     return {
         "key": spec.key(),
@@ -258,6 +290,7 @@ def run_trial(spec: TrialSpec, progress: ProgressFn | None = None, *, probe_init
         "throughput_unit": "tokens/s" if text else "images/s",
         "peak_memory_mb": _peak_memory_mb(),
         "init_signal": signal,
+        "final_signal": final_signal,
         "torch": torch.__version__,
         "host": platform.node(),
     }

@@ -13,6 +13,7 @@ have neither (their last block ends in a norm).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,7 +23,8 @@ from torch import Tensor, nn
 from normact._checks import check_int, check_tensor, shape_str
 from normact.layers.block.attention import attention_info
 from normact.layers.block.transformer import PLACEMENTS, TransformerBlock, make_norm
-from normact.registry import LayerType
+from normact.layers.layout import is_none, norm_layer
+from normact.registry import LayerType, get_info
 
 __all__ = ["GPT", "ViT", "embedding_norm_of", "final_norm_of"]
 
@@ -40,6 +42,20 @@ def final_norm_of(placement: str) -> bool:
 def embedding_norm_of(placement: str) -> bool:
     """Whether the placement normalizes the embeddings before the first block (Peri-LN, sandwich)."""
     return placement in _EMBEDDING_NORM
+
+
+def with_norm_kwargs(norm: LayerType, norm_kwargs: Mapping[str, Any] | None) -> LayerType:
+    """``norm`` built with the hyperparameters ``norm_kwargs`` (e.g. DyT's ``{"alpha_init": 0.2}``): for a
+    registry name, a factory ``norm(width)``; a class or factory is wrapped by :func:`functools.partial`."""
+    if not norm_kwargs:
+        return norm
+    if isinstance(norm, str):
+        if is_none(norm):
+            raise ValueError("norm_kwargs given for norm='none'")
+        info = get_info(norm)
+        make_norm(info.name, 2)  # a drop-in norm, or the clear error
+        return functools.partial(norm_layer, info.name, layout="nlc", **norm_kwargs)
+    return functools.partial(norm, **norm_kwargs)
 
 
 class _Stack(nn.Module):
@@ -61,10 +77,12 @@ class _Stack(nn.Module):
         bias: bool,
         attention_kwargs: Mapping[str, Any] | None,
         block_kwargs: Mapping[str, Any] | None,
+        norm_kwargs: Mapping[str, Any] | None,
         device: Any,
         dtype: Any,
     ) -> None:
         self.dim = check_int("dim", dim)
+        norm = with_norm_kwargs(norm, norm_kwargs)
         self.depth = check_int("depth", depth)
         if placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
@@ -128,6 +146,7 @@ class GPT(_Stack):
         tie_embeddings: the head shares the token embedding's weight.
         attention_kwargs: keyword arguments of the attention normalizer (e.g. ``{"seq_len": 64}``).
         block_kwargs: further :class:`TransformerBlock` arguments (``deepnorm_alpha``, ``dssn_c``...).
+        norm_kwargs: hyperparameters of every norm (DyT's ``{"alpha_init": 0.2}``).
 
     ``forward(idx)`` takes (B, T) int64 ids and returns (B, T, vocab_size) logits; ``mask`` an optional boolean
     (B, T) padding mask (True = a real token).
@@ -151,6 +170,7 @@ class GPT(_Stack):
         tie_embeddings: bool = False,
         attention_kwargs: Mapping[str, Any] | None = None,
         block_kwargs: Mapping[str, Any] | None = None,
+        norm_kwargs: Mapping[str, Any] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -177,6 +197,7 @@ class GPT(_Stack):
             bias,
             attention_kwargs,
             block_kwargs,
+            norm_kwargs,
             device,
             dtype,
         )
@@ -210,8 +231,8 @@ class ViT(_Stack):
     Args:
         in_shape: (C, H, W) of the images.
         num_classes: the classifier's outputs.
-        norm, act, dim, depth, heads, placement, attention, mlp_ratio, bias, attention_kwargs, block_kwargs: as
-            :class:`GPT`.
+        norm, act, dim, depth, heads, placement, attention, mlp_ratio, bias, attention_kwargs, block_kwargs,
+            norm_kwargs: as :class:`GPT`.
         patch: the patch size (default 4 for images of 16 pixels or more, else 2); must divide H and W.
     """
 
@@ -232,6 +253,7 @@ class ViT(_Stack):
         bias: bool = True,
         attention_kwargs: Mapping[str, Any] | None = None,
         block_kwargs: Mapping[str, Any] | None = None,
+        norm_kwargs: Mapping[str, Any] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -261,6 +283,7 @@ class ViT(_Stack):
             bias,
             attention_kwargs,
             block_kwargs,
+            norm_kwargs,
             device,
             dtype,
         )
