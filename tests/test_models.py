@@ -163,3 +163,8 @@ def test_bench_builds_its_gpt_and_vit_from_these_models():
     assert isinstance(g, GPT) and g.placement == "peri" and g.attention == "sigmoid_attention"
     v = build_model("vit", norm="layernorm", act="gelu", in_shape=(1, 8, 8), num_classes=3, dim=16, heads=2)
     assert isinstance(v, ViT)
+
+
+def test_any_activation_class_or_factory_fits():
+    m = GPT(50, act=nn.GELU, dim=16, heads=2)
+    assert type(m.blocks[0].mlp.act) is nn.GELU and m(ids()).shape == (2, 12, 50)

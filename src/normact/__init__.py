@@ -11,7 +11,7 @@ from normact.distributed import convert_sync
 from normact.gaussian import GaussianMoments, activation_gain, gaussian_moments
 from normact.layers import *  # noqa: F403  (the layer classes)
 from normact.layers import __all__ as _layer_names
-from normact.models import GPT, ViT
+from normact.models import GPT, NGPT, ViT
 from normact.probing import probe
 from normact.registry import (
     KINDS,
@@ -42,6 +42,7 @@ __version__ = "0.1.0"
 __all__ = [
     "GPT",
     "KINDS",
+    "NGPT",
     "GaussianMoments",
     "LayerInfo",
     "LayerType",

@@ -8,7 +8,8 @@ A block is two residual sub-layers (attention, then the feed-forward network), e
 where every norm is optional (the identity when ``None``) and :math:`\alpha`, :math:`s` are constants; the
 placements (Pre-LN, Post-LN, Peri-LN, DeepNorm, LayerNorm Scaling, NormFormer) choose which norms are present
 and the constants (see :func:`residual_branch`). Norms, activations and attention normalizers are passed as
-callables (modules or functions), so any layer of the registry fits.
+callables (modules or functions), so any layer of the registry fits. GPAS (:func:`gpas`) optionally scales the
+residual stream after each sub-layer.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from normact.functional.attention import softmax_attention
 
 __all__ = [
     "feed_forward",
+    "gpas",
     "merge_heads",
     "multi_head_attention",
     "residual_branch",
@@ -37,6 +39,27 @@ Norm = Callable[[Tensor], Tensor] | None
 Norms = tuple[Norm, Norm, Norm]
 """The ``(pre, out, post)`` norms of one residual sub-layer."""
 
+Scaling = Callable[[Tensor], Tensor] | None
+"""A map of the residual stream applied after a sub-layer (GPAS, :func:`gpas`), or ``None`` for none."""
+
+
+def gpas(x: Tensor, alpha: Tensor) -> Tensor:
+    r"""Gradient-Preserving Activation Scaling (Chen et al., 2025, arXiv:2506.22049):
+
+    .. math:: y = x - \mathrm{SiLU}(\alpha)\, \mathrm{sg}(x)
+
+    with :math:`\mathrm{sg}` the stop-gradient (``detach``): the value is :math:`(1 - \mathrm{SiLU}(\alpha))\, x`
+    while :math:`\partial y / \partial x = I`, and :math:`\partial L/\partial\alpha = -\mathrm{SiLU}'(\alpha)
+    \langle g, x\rangle` for the upstream gradient :math:`g`. ``alpha`` is a scalar tensor (any shape that
+    broadcasts against ``x``); :math:`\alpha = 0` gives ``x`` exactly. The gate is computed in float32 for half
+    inputs."""
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise TypeError(f"gpas expects a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    if not isinstance(alpha, Tensor) or not alpha.is_floating_point():
+        raise TypeError(f"gpas: alpha must be a floating-point tensor, got {type(alpha).__name__}")
+    gate = F.silu(alpha if alpha.dtype == torch.float64 else alpha.float()).to(x.dtype)
+    return x - gate * x.detach()
+
 
 def residual_branch(
     x: Tensor,
@@ -46,6 +69,7 @@ def residual_branch(
     post_norm: Norm = None,
     alpha: float = 1.0,
     scale: float = 1.0,
+    rescale: Scaling = None,
 ) -> Tensor:
     r"""One residual sub-layer: :math:`y = \mathrm{Post}(\alpha x + \mathrm{Out}(F(s\,\mathrm{Pre}(x))))`.
 
@@ -56,6 +80,11 @@ def residual_branch(
       :math:`x + \mathrm{LN}(F(\mathrm{LN}(x)))`;
     - LayerNorm Scaling (Sun et al., 2025): ``pre_norm`` and ``scale`` = :math:`1/\sqrt{\ell}`,
       :math:`x + F(\mathrm{LN}(x)/\sqrt{\ell})`.
+
+    ``rescale`` :math:`G` (GPAS, :func:`gpas`) scales the residual stream: after the sum,
+    :math:`G(\alpha x + \mathrm{Out}(F(s\,\mathrm{Pre}(x))))`, without a ``post_norm``; with one (Post-LN,
+    DeepNorm) it scales the shortcut instead, :math:`\mathrm{Post}(\alpha G(x) + F(x))`, as the official GPAS
+    code does for DeepNorm (a scaling just before a norm would be undone by it).
     """
     h = x if pre_norm is None else pre_norm(x)
     if scale != 1.0:
@@ -63,8 +92,11 @@ def residual_branch(
     h = branch(h)
     if out_norm is not None:
         h = out_norm(h)
-    y = x + h if alpha == 1.0 else x * alpha + h
-    return y if post_norm is None else post_norm(y)
+    skip = x if rescale is None or post_norm is None else rescale(x)
+    y = skip + h if alpha == 1.0 else skip * alpha + h
+    if post_norm is None:
+        return y if rescale is None else rescale(y)
+    return post_norm(y)
 
 
 def multi_head_attention(
@@ -179,6 +211,8 @@ def transformer_block(
     scale: float = 1.0,
     embedding_norm: Norm = None,
     final_norm: Norm = None,
+    attn_rescale: Scaling = None,
+    mlp_rescale: Scaling = None,
 ) -> Tensor:
     r"""A transformer block: :func:`residual_branch` around ``attention``, then around ``mlp``,
 
@@ -187,9 +221,10 @@ def transformer_block(
         y = \mathrm{Post}_m(\alpha h + \mathrm{Out}_m(\mathrm{MLP}(s\,\mathrm{Pre}_m(h))))
 
     with the ``(pre, out, post)`` norms of each sub-layer, optionally an ``embedding_norm`` applied to ``x`` first
-    (Peri-LN normalizes the embeddings) and a ``final_norm`` applied to ``y`` (Pre-LN's last norm)."""
+    (Peri-LN normalizes the embeddings) and a ``final_norm`` applied to ``y`` (Pre-LN's last norm);
+    ``attn_rescale``/``mlp_rescale`` are each sub-layer's GPAS (see :func:`residual_branch`)."""
     if embedding_norm is not None:
         x = embedding_norm(x)
-    h = residual_branch(x, attention, *attn_norms, alpha=alpha, scale=scale)
-    y = residual_branch(h, mlp, *mlp_norms, alpha=alpha, scale=scale)
+    h = residual_branch(x, attention, *attn_norms, alpha=alpha, scale=scale, rescale=attn_rescale)
+    y = residual_branch(h, mlp, *mlp_norms, alpha=alpha, scale=scale, rescale=mlp_rescale)
     return y if final_norm is None else final_norm(y)

@@ -15,6 +15,9 @@ placement                 sub-layer                                        paper
 ``layernorm_scaling``     :math:`x + F(\mathrm{N}(x)/\sqrt{\ell})`         Sun et al. 2025, arXiv:2502.05795
 ``normformer``            Pre-LN + head scale, post-attention N, FFN mid-N Shleifer et al. 2021, arXiv:2110.09456
 ========================= ================================================ ==========================================
+
+``gpas=True`` (any placement; preset ``gpas_block`` = ``pre`` + GPAS) adds GPAS (Chen et al. 2025, arXiv:2506.22049)
+after each residual sum: :math:`G(t) = t - \mathrm{SiLU}(\alpha)\,\mathrm{sg}(t)`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from normact import functional as NF
 from normact._checks import check_float, check_int, check_tensor, shape_str
 from normact.functional.block import Norms
 from normact.layers.block.attention import FeedForward, MultiHeadAttention, attention_info, factory_kwargs
+from normact.layers.block.gpas import GPAS
 from normact.layers.layout import is_none, norm_layer, wrapped_norm
 from normact.registry import LayerType, Paper, Param, get_info, register, resolve
 
@@ -57,6 +61,12 @@ NORMFORMER = Paper(
 )
 CURSE_OF_DEPTH = Paper(
     "The Curse of Depth in Large Language Models", 2025, "2502.05795", "Sun, Song, Li, Yin, Zheng, Liu"
+)
+GPAS_PAPER = Paper(
+    "GPAS: Accelerating Convergence of LLM Pretraining via Gradient-Preserving Activation Scaling",
+    2025,
+    "2506.22049",
+    "Chen, Xu, Liu, Li, Song, Jaiswal, Zhang, Hu, Wang, Chen, Diao, Liu, Li, Yin, Yang",
 )
 
 DEEPNORM_ARCHS = ("encoder", "decoder", "encoder-decoder")
@@ -137,6 +147,15 @@ _BLOCK = dict(kind="block", functional=NF.transformer_block, input_layout="token
 
 
 @register(
+    "gpas_block",
+    paper=GPAS_PAPER,
+    formula="h = G_a(x + Attn(N(x))); y = G_m(h + FFN(N(h))); G(t) = t - SiLU(alpha) sg(t), sg = stop-gradient",
+    defaults={"placement": "pre", "gpas": True},
+    params=(Param("attn_gpas.alpha, mlp_gpas.alpha", "()", "0"),),
+    custom_backward=True,  # the stop-gradient: dG/dt = I although G(t) = (1 - SiLU(alpha)) t
+    **_BLOCK,
+)
+@register(
     "pre_ln_block",
     paper=PRE_LN,
     formula="h = x + Attn(N(x)); y = h + FFN(N(h)) (a final N after the last block: final_norm=True)",
@@ -213,6 +232,12 @@ class TransformerBlock(nn.Module):
       attention output and a norm after the FFN activation (NormFormer, Shleifer et al., 2021,
       arXiv:2110.09456).
 
+    ``gpas=True`` adds GPAS (Chen et al., 2025, arXiv:2506.22049), :math:`G(t) = t - \mathrm{SiLU}(\alpha)\,
+    \mathrm{sg}(t)` with a learnable scalar :math:`\alpha` per sub-layer (init 0, the identity), after each
+    residual sum: :math:`h = G_a(x + F(\mathrm{N}(x)))` for the placements without a norm after the sum; for
+    ``"post"`` and ``"deepnorm"`` on the shortcut, :math:`\mathrm{N}(\alpha\,G_a(x) + F(x))`, as the official
+    code's ``deeppost_gpas``. The preset ``gpas_block`` is ``"pre"`` with GPAS (the paper's Pre + GPAS).
+
     Norms, activations and attention normalizers come from the registry. The projections are Xavier-normal
     (gain 1 but for DeepNorm's :math:`\beta`), biases zero.
 
@@ -234,6 +259,7 @@ class TransformerBlock(nn.Module):
         final_norm: normalize the block output (Pre-LN / Peri-LN's last norm; for the last block).
         attention_kwargs: keyword arguments of the attention normalizer.
         rope: rotary position embeddings on queries and keys (:func:`normact.functional.rotary`).
+        gpas: GPAS after each residual sum (``attn_gpas``, ``mlp_gpas``, :class:`~normact.layers.block.GPAS`).
     """
 
     def __init__(
@@ -257,11 +283,14 @@ class TransformerBlock(nn.Module):
         final_norm: bool = False,
         attention_kwargs: Mapping[str, Any] | None = None,
         rope: bool = False,
+        gpas: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.dim = check_int("dim", dim)
+        if not isinstance(gpas, bool):
+            raise TypeError(f"gpas must be a bool, got {type(gpas).__name__} {gpas!r}")
         self.heads = check_int("heads", heads)
         if placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
@@ -318,6 +347,8 @@ class TransformerBlock(nn.Module):
             )
             self.mlp_out_norm = new_norm() if placement in _OUT_NORM else None
             self.final_norm = new_norm() if final_norm else None
+        self.attn_gpas = GPAS(device=device, dtype=dtype) if gpas else None
+        self.mlp_gpas = GPAS(device=device, dtype=dtype) if gpas else None
         if placement == "sandwich_depth_scaled":
             for m in (self.attn_out_norm, self.mlp_out_norm):
                 if not isinstance(getattr(wrapped_norm(m), "weight", None), Tensor):
@@ -343,6 +374,8 @@ class TransformerBlock(nn.Module):
             self.mlp_out_norm,
             self.final_norm,
             self.mlp.act,
+            self.attn_gpas,
+            self.mlp_gpas,
         ):
             _reset(m)
         if self.placement == "sandwich_depth_scaled":
@@ -374,6 +407,8 @@ class TransformerBlock(nn.Module):
             self.scale,
             self.embedding_norm,
             self.final_norm,
+            self.attn_gpas,
+            self.mlp_gpas,
         )
 
     def extra_repr(self) -> str:
@@ -384,4 +419,6 @@ class TransformerBlock(nn.Module):
             fields.append(f"layer_index={self.layer_index}")
         if self.placement in ("deepnorm", "sandwich_depth_scaled"):
             fields.append(f"depth={self.depth}")
+        if self.attn_gpas is not None:
+            fields.append("gpas=True")
         return ", ".join(fields)
