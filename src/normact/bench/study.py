@@ -118,6 +118,8 @@ _ATTENTIONS = (
     "norm_linear",
     "nala",
     "regla",
+    "ln",
+    "relu_ln",
 )
 
 PRESETS: dict[str, tuple[Study, ...]] = {
@@ -219,8 +221,8 @@ PRESETS: dict[str, tuple[Study, ...]] = {
             batch_size=32,
             model_options={"dim": 64, "depth": 4, "context": 64},
             variants=grid(attention=tuple(_ATTENTIONS)),
-            claim="[61, 78, 102, 112, 138, 146, 147, 154, 157] every attention normalizer in a 4-layer char GPT at "
-            "equal steps",
+            claim="[21, 46, 51, 61, 78, 102, 112, 138, 146, 147, 154, 157] every attention normalizer in a 4-layer "
+            "char GPT at equal steps",
         ),
     ),
     "length-extrapolation": (
