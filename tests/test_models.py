@@ -168,3 +168,18 @@ def test_bench_builds_its_gpt_and_vit_from_these_models():
 def test_any_activation_class_or_factory_fits():
     m = GPT(50, act=nn.GELU, dim=16, heads=2)
     assert type(m.blocks[0].mlp.act) is nn.GELU and m(ids()).shape == (2, 12, 50)
+
+
+@pytest.mark.parametrize("placement", ["pre", "normformer"])
+def test_the_probe_sees_the_registered_blocks_not_their_insides(placement):
+    """NormFormer's FFN holds a norm (its mid norm): a module with weights and a norm that keeps the shape, which
+    the probe would take for a residual block of its own were it not inside a registered block."""
+    torch.manual_seed(0)
+    m = GPT(50, dim=16, heads=2, depth=2, placement=placement)
+    with normact.probe(m) as p:
+        m(ids())
+    report = p.report()
+    assert [n for n in report if report[n].kind == "block"] == ["blocks.0", "blocks.1"]
+    assert [r["module"] for r in report.signal_propagation()] == ["blocks.0", "blocks.1"]
+    if placement == "normformer":
+        assert report["blocks.0.mlp.mid_norm"].kind == "norm"
