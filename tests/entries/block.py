@@ -191,8 +191,14 @@ def functional_block(x, m, mask=None):
     attn_names, mlp_names = _NORMS[m.placement]
     attn_norms = tuple(None if n is None else getattr(m, n) for n in attn_names)
     mlp_norms = tuple(None if n is None else getattr(m, n) for n in mlp_names)
+    rescale = {}
+    if getattr(m, "attn_gpas", None) is not None:  # GPAS after each residual sum (tests/entries/gpas.py)
+        rescale = {
+            "attn_rescale": lambda t: NF.gpas(t, m.attn_gpas.alpha),
+            "mlp_rescale": lambda t: NF.gpas(t, m.mlp_gpas.alpha),
+        }
     return NF.transformer_block(
-        x, attention, mlp, attn_norms, mlp_norms, m.alpha, m.scale, m.embedding_norm, m.final_norm
+        x, attention, mlp, attn_norms, mlp_norms, m.alpha, m.scale, m.embedding_norm, m.final_norm, **rescale
     )
 
 

@@ -11,7 +11,6 @@ import math
 
 import torch
 
-import normact.functional as NF
 from normact.testing import Case, LayerEntry
 from tests.entries.block import (
     BAD_INIT,
@@ -22,6 +21,7 @@ from tests.entries.block import (
     _attention,
     _ffn,
     _norm,
+    functional_block,
     padding,
 )
 
@@ -84,47 +84,6 @@ def ref_gpas_block_grad(x, grad_out, p, hp, *, mask=None):
     return out
 
 
-def functional_gpas_block(x, m, mask=None):
-    at = m.attn
-
-    def attention(h):
-        return NF.multi_head_attention(
-            h,
-            at.q_proj.weight,
-            at.k_proj.weight,
-            at.v_proj.weight,
-            at.out_proj.weight,
-            at.heads,
-            at.q_proj.bias,
-            at.v_proj.bias,
-            at.out_proj.bias,
-            at.normalizer,
-            at.causal,
-            mask,
-        )
-
-    def mlp(h):
-        return NF.feed_forward(h, m.mlp.fc1.weight, m.mlp.fc2.weight, m.mlp.act, m.mlp.fc1.bias, m.mlp.fc2.bias)
-
-    post = m.placement in ("post", "deepnorm")
-    out = m.placement == "peri"
-    attn_norms = (None, None, m.attn_norm) if post else (m.attn_norm, m.attn_out_norm if out else None, None)
-    mlp_norms = (None, None, m.mlp_norm) if post else (m.mlp_norm, m.mlp_out_norm if out else None, None)
-    return NF.transformer_block(
-        x,
-        attention,
-        mlp,
-        attn_norms,
-        mlp_norms,
-        m.alpha,
-        m.scale,
-        m.embedding_norm,
-        m.final_norm,
-        attn_rescale=lambda t: NF.gpas(t, m.attn_gpas.alpha),
-        mlp_rescale=lambda t: NF.gpas(t, m.mlp_gpas.alpha),
-    )
-
-
 ENTRIES = [
     LayerEntry(
         name="gpas_block",
@@ -141,7 +100,7 @@ ENTRIES = [
                 Case(init={"placement": "layernorm_scaling", "depth": 3, "layer_index": 3}, shape=SHAPE, desc="lns"),
             )
         ),
-        functional=functional_gpas_block,
+        functional=functional_block,
         layout=BLOCK,
         tolerances=TOLERANCES,
         bad_init=(*BAD_INIT, {"gpas": 1}),
