@@ -25,6 +25,7 @@ from normact.layers.block.normalized import (
     NormalizedTransformerBlock,
     normalize_ngpt_weights_,
 )
+from normact.models.transformer import embed_tokens
 
 __all__ = ["NGPT"]
 
@@ -141,15 +142,7 @@ class NGPT(NGPTWeights, nn.Module):
 
     def hidden_states(self, idx: Tensor, mask: Tensor | None = None) -> Tensor:
         """The last block's output (B, T, dim), unit-norm rows."""
-        if not isinstance(idx, Tensor) or idx.dtype not in (torch.int64, torch.int32) or idx.dim() != 2:
-            raise ValueError(f"NGPT expects (B, T) integer token ids, got {_describe(idx)}")
-        t = idx.shape[1]
-        x = self.tok(idx)
-        if self.pos is not None:
-            if t > self.context:
-                raise ValueError(f"sequence length {t} exceeds the context {self.context} (learned positions)")
-            x = x + self.pos(torch.arange(t, device=idx.device))
-        h = NF.ngpt_normalize(x)
+        h = NF.ngpt_normalize(embed_tokens(idx, self.tok, self.pos, self.context, "NGPT"))
         for block in self.blocks:
             h = block(h, mask)
         return h
@@ -164,9 +157,3 @@ class NGPT(NGPTWeights, nn.Module):
             f"vocab_size={self.vocab_size}, dim={self.dim}, depth={self.depth}, positions={self.positions!r}, "
             f"context={self.context}, base_scale={self.base_scale:.6g}"
         )
-
-
-def _describe(x: object) -> str:
-    if isinstance(x, Tensor):
-        return f"a {x.dim()}-D {x.dtype} tensor of shape {tuple(x.shape)}"
-    return type(x).__name__

@@ -206,14 +206,7 @@ class GPT(_Stack):
             self.head.weight = self.tok.weight
 
     def forward(self, idx: Tensor, mask: Tensor | None = None) -> Tensor:
-        if not isinstance(idx, Tensor) or idx.dtype not in (torch.int64, torch.int32) or idx.dim() != 2:
-            raise ValueError(f"GPT expects (B, T) integer token ids, got {_describe(idx)}")
-        t = idx.shape[1]
-        x = self.tok(idx)
-        if self.pos is not None:
-            if t > self.context:
-                raise ValueError(f"sequence length {t} exceeds the context {self.context} (learned positions)")
-            x = x + self.pos(torch.arange(t, device=idx.device))
+        x = embed_tokens(idx, self.tok, self.pos, self.context, "GPT")
         return self.head(self._run_stack(x, mask))
 
     def extra_repr(self) -> str:
@@ -297,6 +290,20 @@ class ViT(_Stack):
             )
         tokens = self.embed(x).flatten(2).transpose(1, 2) + self.pos
         return self.head(self._run_stack(tokens, None).mean(1))
+
+
+def embed_tokens(idx: Tensor, tok: nn.Embedding, pos: nn.Embedding | None, context: int, model: str) -> Tensor:
+    """Token embeddings of (B, T) integer ids, plus learned positions where ``pos`` is given (then T <= ``context``);
+    a clear ``ValueError`` for anything else."""
+    if not isinstance(idx, Tensor) or idx.dtype not in (torch.int64, torch.int32) or idx.dim() != 2:
+        raise ValueError(f"{model} expects (B, T) integer token ids, got {_describe(idx)}")
+    t = idx.shape[1]
+    x = tok(idx)
+    if pos is not None:
+        if t > context:
+            raise ValueError(f"sequence length {t} exceeds the context {context} (learned positions)")
+        x = x + pos(torch.arange(t, device=idx.device))
+    return x
 
 
 def _describe(x: Any) -> str:
